@@ -1,0 +1,5 @@
+import sys
+
+from swarmgrpo.cli import main
+
+sys.exit(main())

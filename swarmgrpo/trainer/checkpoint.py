@@ -1,0 +1,69 @@
+"""Checkpoints: `output_dir/checkpoint-<step>/` holding safetensors weights, the HF config and
+tokenizer, the run config (TOML), the optimizer state and the trainer state (step, version, RNG).
+
+A checkpoint is written to a hidden staging folder and renamed into place, so a crash mid-write
+never leaves a half checkpoint that `latest_checkpoint` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from swarmgrpo.protocol.configtree import render_toml
+
+PREFIX = "checkpoint-"
+
+
+@dataclass
+class TrainerState:
+    step: int
+    version: int
+    prompts_consumed: int
+
+
+def save_checkpoint(output_dir: str | Path, model, tokenizer, optimizer, cfg, state: TrainerState) -> Path:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{PREFIX}{state.step}"
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{PREFIX}"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "train_config.toml").write_text(render_toml(cfg))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, staging / "rng.pt")
+        (staging / "trainer_state.json").write_text(json.dumps(state.__dict__))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = [
+        p
+        for p in out.glob(f"{PREFIX}*")
+        if p.name[len(PREFIX) :].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(found, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+
+
+def load_trainer_state(checkpoint: Path, optimizer) -> TrainerState:
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    rng = torch.load(checkpoint / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return TrainerState(**json.loads((checkpoint / "trainer_state.json").read_text()))

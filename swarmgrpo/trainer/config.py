@@ -1,0 +1,164 @@
+"""The training config: one typed tree, TRL GRPOConfig names where the idea is the same.
+
+Load with `swarmgrpo.protocol.configtree.load_config(TrainConfig, path, overrides)`; `validate()` checks
+the relations between fields (batch divisible by the group size, ranges) with one-line errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.trainer.tasks.config import TaskConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class TrainConfig:
+    """A single-process GRPO run (the node's solo mode) and the GRPO hyper-parameters of any run."""
+
+    model: str = "smollm2-135m"
+    """Built-in name (smollm2-135m, tiny), a local folder, or a Hugging Face id already in the local cache."""
+
+    dtype: str = "float32"
+    """Compute dtype: "float32", or "bfloat16" (autocast; master weights and optimizer state stay fp32)."""
+
+    seed: int = 0
+    """Seed of sampling and of the prompt stream."""
+
+    max_steps: int = 20
+    """Optimizer steps to run (a resumed run continues up to this number)."""
+
+    num_generations: int = 8
+    """G: completions sampled per prompt; advantages are normalised within each group of G."""
+
+    generation_batch_size: int = 32
+    """Completions per step (prompts per step × num_generations); must be divisible by num_generations."""
+
+    micro_batch_size: int = 8
+    """Completions per forward/backward pass (gradient accumulation); bounds activation memory."""
+
+    max_prompt_length: int = 256
+    """Prompts longer than this many tokens are refused."""
+
+    max_completion_length: int = 32
+    """Tokens sampled per completion at most."""
+
+    temperature: float = 1.0
+    """Sampling temperature; log-probs of behavior and policy are both taken at this temperature."""
+
+    top_p: float = 1.0
+    """Nucleus sampling; 1.0 disables it."""
+
+    top_k: int = 0
+    """Top-k sampling; 0 disables it."""
+
+    learning_rate: float = 1e-5
+    """AdamW learning rate (constant)."""
+
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+
+    adam_beta2: float = 0.99
+    """AdamW beta2."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global L2 norm; 0 disables clipping."""
+
+    beta: float = 0.0
+    """KL coefficient against the frozen initial policy (k3 estimator); 0 loads no reference model."""
+
+    epsilon: float = 0.2
+    """Lower clip range of the importance ratio (and the upper one unless epsilon_high is set)."""
+
+    epsilon_high: float | None = None
+    """Upper clip range (DAPO clip-higher, e.g. 0.28); unset means epsilon."""
+
+    delta: float | None = None
+    """Two-sided cap on the unclipped ratio (INTELLECT-2, e.g. 4.0); unset means no cap."""
+
+    loss_type: str = "grpo"
+    """Loss aggregation: "grpo" (per-sequence mean, then batch mean), "dapo" (token mean), "dr_grpo" (constant)."""
+
+    advantage_estimator: str = "grpo"
+    """"grpo": (r − mean) / (std + eps) per group; "dr_grpo": r − mean (TRL's scale_rewards=False)."""
+
+    tis_cap: float | None = 2.0
+    """Truncated importance sampling cap for engine/trainer mismatch (TRL's vllm_importance_sampling_cap)."""
+
+    output_dir: str = "runs/default"
+    """Where checkpoints and metrics.jsonl go."""
+
+    save_steps: int = 0
+    """Checkpoint every this many steps; 0 saves only at the end."""
+
+    resume: bool = True
+    """Continue from the newest checkpoint in output_dir when there is one."""
+
+    eval_n: int = 0
+    """Held-out problems to score greedily before and after training; 0 skips it."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """The task: prompts, reward, held-out split."""
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+    def validate(self) -> None:
+        positive = "max_steps num_generations generation_batch_size micro_batch_size max_prompt_length max_completion_length"
+        for name in positive.split():
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    name, f"must be at least 1, got {getattr(self, name)}", f"set {name} to 1 or more"
+                )
+        if self.num_generations < 2:
+            raise ConfigError(
+                "num_generations", "GRPO needs at least 2 completions per prompt", "set num_generations >= 2"
+            )
+        if self.generation_batch_size % self.num_generations:
+            lo = self.generation_batch_size // self.num_generations * self.num_generations
+            raise ConfigError(
+                "generation_batch_size",
+                f"{self.generation_batch_size} is not divisible by num_generations={self.num_generations}",
+                f"use a multiple of {self.num_generations}, e.g. {max(lo, self.num_generations)}",
+            )
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"unknown dtype '{self.dtype}'", f"choose one of: {', '.join(DTYPES)}")
+        if self.temperature < 0:
+            raise ConfigError(
+                "temperature", f"must be >= 0, got {self.temperature}", "use 1.0 for plain sampling"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(
+                "top_p", f"must be in (0, 1], got {self.top_p}", "use 1.0 to disable nucleus sampling"
+            )
+        for name in ("learning_rate", "epsilon"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}", f"set a positive {name}")
+        for name in ("beta", "weight_decay", "max_grad_norm", "save_steps", "eval_n", "top_k"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    name, f"must be >= 0, got {getattr(self, name)}", f"set {name} to 0 or more"
+                )
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ConfigError(
+                "epsilon_high", f"{self.epsilon_high} < epsilon={self.epsilon}", "unset it or raise it"
+            )
+        if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
+            raise ConfigError(
+                "delta", f"{self.delta} is inside the clip range", "use a value such as 4.0 or unset it"
+            )
+        if self.tis_cap is not None and self.tis_cap < 1:
+            raise ConfigError(
+                "tis_cap", f"must be >= 1, got {self.tis_cap}", "use 2.0, or unset it to disable TIS"
+            )
+        # Names are checked against their registries here so a typo fails before any model loads.
+        from swarmgrpo.trainer.grpo import ADVANTAGES, AGGREGATORS
+
+        ADVANTAGES.get(self.advantage_estimator)
+        AGGREGATORS.get(self.loss_type)

@@ -1,0 +1,144 @@
+"""The GRPO step on the tiny model: layout, engine/trainer agreement, accumulation, staleness."""
+
+import copy
+
+import pytest
+import torch
+
+from swarmgrpo.node.engines.base import SamplingParams
+from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+from swarmgrpo.protocol.configtree import load_config
+from swarmgrpo.trainer.config import TrainConfig
+from swarmgrpo.trainer.rollouts import RolloutGroup, collate
+from swarmgrpo.trainer.step import GRPOStep
+
+PROMPTS = [[1, 500, 42, 7], [9, 9, 13], [300, 301, 302, 303, 304, 305]]
+
+
+def _cfg(**kw):
+    return load_config(TrainConfig, None, [f"{k}={v!r}".replace("'", '"') for k, v in kw.items()])
+
+
+def _groups(model, tokenizer, rewards, version=0, max_tokens=6):
+    engine = TransformersEngine(model, tokenizer)
+    outs = engine.generate(PROMPTS, 4, SamplingParams(max_tokens=max_tokens, seed=3))
+    return [
+        RolloutGroup(p, [c.token_ids for c in cs], [c.logprobs for c in cs], r, version)
+        for p, cs, r in zip(PROMPTS, outs, rewards, strict=True)
+    ]
+
+
+REWARDS = [[1.0, 0.0, 0.5, 0.0], [0.2, 0.2, 0.2, 0.2], [0.0, 1.0, 1.0, 0.0]]
+
+
+def test_engine_logprobs_match_the_trainers(tiny):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    step = GRPOStep(model, _cfg(model="tiny"), tok.pad_token_id)
+    for g in groups:
+        n = g.group_size
+        mb = collate(
+            [g.prompt_ids] * n, g.completion_ids, g.behavior_logprobs, [0.0] * n, [0] * n, tok.pad_token_id
+        )
+        with torch.no_grad():
+            logp_BT = step._logprobs(model, mb)
+        diff = ((logp_BT - mb.behavior_logp_BT) * mb.completion_mask_BT).abs().max()
+        assert diff < 1e-4, f"engine and trainer disagree by {diff}"
+
+
+def test_padding_does_not_change_logprobs(tiny):
+    model, tok = tiny
+    step = GRPOStep(model, _cfg(model="tiny"), tok.pad_token_id)
+    comps = [[5, 6, 7], [8]]
+    alone = [
+        collate([p], [c], [[0.0] * len(c)], [0.0], [0], tok.pad_token_id)
+        for p, c in zip(PROMPTS[:2], comps, strict=True)
+    ]
+    both = collate(PROMPTS[:2], comps, [[0.0] * 3, [0.0]], [0.0, 0.0], [0, 0], tok.pad_token_id)
+    with torch.no_grad():
+        together = step._logprobs(model, both)
+        for i, mb in enumerate(alone):
+            single = step._logprobs(model, mb)[0]
+            n = len(comps[i])
+            torch.testing.assert_close(together[i, :n], single[:n], atol=1e-5, rtol=1e-5)
+
+
+def _grads(model, cfg, groups):
+    m = copy.deepcopy(model)
+    step = GRPOStep(m, cfg, 0)
+    metrics = step.compute_gradients(groups)
+    return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, metrics
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_micro_batches_sum_to_the_full_batch_gradient(tiny, loss_type):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    full, _ = _grads(model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=12), groups)
+    split, _ = _grads(model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=3), groups)
+    assert full.keys() == split.keys() and full
+    for name in full:
+        torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)
+
+
+def test_equal_reward_groups_are_skipped_and_change_nothing(tiny):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    with_flat, m1 = _grads(model, _cfg(model="tiny"), groups)
+    assert m1["trained_sequences"] == 8  # group 2 has equal rewards
+    assert m1["frac_zero_std"] == pytest.approx(1 / 3)
+    # Changing the rewards of the skipped group to other equal values must not change the gradient.
+    other = [*groups[:1], RolloutGroup(**{**groups[1].__dict__, "rewards": [0.9] * 4}), groups[2]]
+    g2, _ = _grads(model, _cfg(model="tiny"), other)
+    for name in with_flat:
+        assert torch.equal(with_flat[name], g2[name])
+
+
+def test_stale_groups_take_the_ratio_against_behavior_logprobs(tiny):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    # Pretend the sampler's log-probs were much higher than the trainer's: ratio = exp(-1) < 1 - eps.
+    shifted = [
+        RolloutGroup(
+            **{**g.__dict__, "behavior_logprobs": [[x + 1.0 for x in lp] for lp in g.behavior_logprobs]}
+        )
+        for g in groups
+    ]
+    _, current = _grads(model, _cfg(model="tiny"), shifted)
+    _, stale = _grads(
+        model, _cfg(model="tiny"), [RolloutGroup(**{**g.__dict__, "policy_version": -1}) for g in shifted]
+    )
+    # Current version: ratio vs own log-probs is 1 (never clipped); TIS weight exp(-1) < 1 corrects the gap.
+    assert current["clip_frac"] == 0.0
+    assert current["tis_mean"] == pytest.approx(float(torch.exp(torch.tensor(-1.0))), rel=1e-3)
+    # Stale: ratio exp(-1) is outside [0.8, 1.2]; tokens with negative advantage are clipped.
+    assert stale["clip_frac"] > 0.0
+    assert stale["tis_mean"] == pytest.approx(1.0)
+
+
+def test_apply_moves_weights_and_bumps_the_version(tiny):
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    groups = _groups(m, tok, REWARDS)
+    step = GRPOStep(m, _cfg(model="tiny", learning_rate=1e-3), tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    metrics = step.train(groups)
+    assert step.version == 1 and metrics["grad_norm"] > 0
+    moved = sum(not torch.equal(before[n], p) for n, p in m.named_parameters())
+    assert moved == len(before)
+
+
+def test_reducer_sees_the_accumulated_gradient(tiny):
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    groups = _groups(m, tok, REWARDS)
+    step = GRPOStep(m, _cfg(model="tiny"), tok.pad_token_id)
+    seen = []
+
+    def reduce(module):  # a data-parallel group would average here; this one halves
+        for p in module.parameters():
+            seen.append(p.grad.norm().item())
+            p.grad.mul_(0.5)
+
+    metrics = step.train(groups, reduce=reduce)
+    assert seen and all(x >= 0 for x in seen) and metrics["grad_norm"] > 0
