@@ -39,6 +39,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
+	$(PIP) install -q trl==1.16.0  # for the comparison only; not a dependency of swarmgrpo
 	$(PY) benchmarks/trainer_vs_trl.py
 
 clean-venv:
