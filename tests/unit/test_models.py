@@ -48,5 +48,5 @@ def test_unknown_model_is_one_clear_line(name):
 
 
 def test_folder_without_config_is_refused(tmp_path):
-    with pytest.raises(UserError, match="has no config.json"):
+    with pytest.raises(UserError, match=r"has no config\.json"):
         load_model(str(tmp_path))
