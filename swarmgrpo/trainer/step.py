@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -30,15 +29,6 @@ from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, gr
 from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
 
 Reducer = Callable[[torch.nn.Module], None]
-
-
-@dataclass
-class _Flat:
-    prompts: list[list[int]]
-    completions: list[list[int]]
-    behavior: list[list[float]]
-    advantages: list[float]
-    versions: list[int]
 
 
 class GRPOStep:
@@ -80,46 +70,50 @@ class GRPOStep:
             norm = LossNorm(len(lengths), sum(lengths), cfg.max_completion_length)
         metrics = group_stats(rewards_PG)
         metrics["completion_len"] = sum(lengths) / len(lengths)
-        flat = self._flatten(groups, adv_PG)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "tis_mean": 0.0}
         self.model.train()
-        order = sorted(
-            range(len(flat.completions)), key=lambda i: len(flat.completions[i]) + len(flat.prompts[i])
-        )
-        for start in range(0, len(order), cfg.micro_batch_size):
-            idx = order[start : start + cfg.micro_batch_size]
-            mb = collate(
-                [flat.prompts[i] for i in idx],
-                [flat.completions[i] for i in idx],
-                [flat.behavior[i] for i in idx],
-                [flat.advantages[i] for i in idx],
-                [flat.versions[i] for i in idx],
-                self.pad_id,
-            )
-            for k, v in self._micro_step(mb, norm).items():
+        trained = [
+            (g, adv_G) for g, adv_G in zip(groups, adv_PG.tolist(), strict=True) if self._trains(g, adv_G)
+        ]
+        for chunk in self._micro_batches(trained):
+            for k, v in self._micro_step(self._collate(chunk), norm).items():
                 totals[k] += v
         # grpo_loss reports token means over the whole step; re-base them on the tokens actually trained.
-        trained_tokens = sum(len(c) for c in flat.completions)
+        trained_tokens = sum(len(c) for g, _ in trained for c in g.completion_ids)
         for k in ("kl", "clip_frac", "tis_mean"):
             totals[k] *= norm.num_tokens / trained_tokens if trained_tokens else 0.0
         metrics.update(totals)
-        metrics["trained_sequences"] = len(flat.completions)
+        metrics["trained_sequences"] = sum(sum(1 for c in g.completion_ids if c) for g, _ in trained)
         return metrics
 
-    def _flatten(self, groups: list[RolloutGroup], adv_PG: torch.Tensor) -> _Flat:
-        flat = _Flat([], [], [], [], [])
-        for g, adv_G in zip(groups, adv_PG.tolist(), strict=True):
-            if self.cfg.beta == 0 and not any(adv_G):
-                continue
-            for comp, lp, a in zip(g.completion_ids, g.behavior_logprobs, adv_G, strict=True):
-                if not comp:
-                    continue
-                flat.prompts.append(g.prompt_ids)
-                flat.completions.append(comp)
-                flat.behavior.append(lp)
-                flat.advantages.append(a)
-                flat.versions.append(g.policy_version)
-        return flat
+    def _trains(self, group: RolloutGroup, adv_G: list[float]) -> bool:
+        """With beta = 0 a group whose advantages are all zero contributes exactly nothing."""
+        return any(group.completion_ids) and (self.cfg.beta > 0 or any(adv_G))
+
+    def _micro_batches(self, trained: list[tuple[RolloutGroup, list[float]]]):
+        """Whole groups (they share one prompt forward), about micro_batch_size completions each."""
+        chunk, size = [], 0
+        for g, adv_G in sorted(trained, key=lambda x: len(x[0].prompt_ids)):
+            if chunk and size + g.group_size > self.cfg.micro_batch_size:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append((g, adv_G))
+            size += g.group_size
+        if chunk:
+            yield chunk
+
+    def _collate(self, chunk: list[tuple[RolloutGroup, list[float]]]) -> MicroBatch:
+        index, comps, behavior, advs, versions = [], [], [], [], []
+        for k, (g, adv_G) in enumerate(chunk):
+            for c, lp, a in zip(g.completion_ids, g.behavior_logprobs, adv_G, strict=True):
+                if c:
+                    index.append(k)
+                    comps.append(c)
+                    behavior.append(lp)
+                    advs.append(a)
+                    versions.append(g.policy_version)
+        prompts = [g.prompt_ids for g, _ in chunk]
+        return collate(prompts, index, comps, behavior, advs, versions, self.pad_id)
 
     def _micro_step(self, mb: MicroBatch, norm: LossNorm) -> dict[str, float]:
         cfg = self.cfg
@@ -151,16 +145,36 @@ class GRPOStep:
         return out
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
+        """logp_BT of the completion tokens: one forward of the K prompts, one of the B completions."""
         t = mb.completion_ids_BT.shape[1]
-        with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            logits_BTV = model(
-                input_ids=mb.input_ids_BS,
-                attention_mask=mb.attention_mask_BS,
-                position_ids=mb.position_ids_BS,
-                logits_to_keep=t,
-                use_cache=False,
-            ).logits
-        return token_logprobs(logits_BTV, mb.completion_ids_BT, self.cfg.temperature or 1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
+            out = model(
+                input_ids=mb.prompt_ids_KP,
+                attention_mask=mb.prompt_mask_KP,
+                position_ids=(mb.prompt_mask_KP.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits_BTV = out.logits.index_select(0, mb.group_index_B)
+            if t > 1:
+                cache = out.past_key_values
+                cache.reorder_cache(mb.group_index_B)  # K prompt caches -> one per completion
+                inputs_BT = mb.completion_ids_BT[:, :-1]
+                mask_BT = mb.completion_mask_BT[:, :-1].long()
+                positions_BT = mb.prompt_len_K.index_select(0, mb.group_index_B)[:, None] + torch.arange(
+                    t - 1
+                )
+                rest = model(
+                    input_ids=inputs_BT,
+                    attention_mask=torch.cat(
+                        [mb.prompt_mask_KP.index_select(0, mb.group_index_B), mask_BT], 1
+                    ),
+                    position_ids=positions_BT,
+                    past_key_values=cache,
+                    use_cache=True,
+                ).logits
+                logits_BTV = torch.cat([logits_BTV, rest], dim=1)
+        return token_logprobs(logits_BTV, mb.completion_ids_BT, self.cfg.temperature)
 
     def apply(self) -> dict[str, float]:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]

@@ -9,7 +9,7 @@ from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
 from swarmgrpo.protocol.configtree import load_config
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.rollouts import RolloutGroup, collate
+from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
 
 PROMPTS = [[1, 500, 42, 7], [9, 9, 13], [300, 301, 302, 303, 304, 305]]
@@ -31,36 +31,46 @@ def _groups(model, tokenizer, rewards, version=0, max_tokens=6):
 REWARDS = [[1.0, 0.0, 0.5, 0.0], [0.2, 0.2, 0.2, 0.2], [0.0, 1.0, 1.0, 0.0]]
 
 
+def _reference_logprobs(model, prompt, completion):
+    """log p(completion | prompt), one unpadded sequence at a time: the plain way, for comparison."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def _step_logprobs(step, groups):
+    """The step's own logp_BT for all groups in one micro-batch (shared prompt forwards, padding)."""
+    mb = step._collate([(g, [0.0] * g.group_size) for g in groups])
+    with torch.no_grad():
+        return mb, step._logprobs(step.model, mb)
+
+
+def test_shared_prompt_logprobs_match_plain_forwards(tiny):
+    model, tok = tiny
+    groups = [
+        RolloutGroup(PROMPTS[0], [[5, 6, 7], [8]], [[0.0] * 3, [0.0]], [0.0, 1.0], 0),
+        RolloutGroup(PROMPTS[2], [[9, 10], [11, 12, 13, 14]], [[0.0] * 2, [0.0] * 4], [0.0, 1.0], 0),
+    ]
+    step = GRPOStep(model, _cfg(model="tiny"), tok.pad_token_id)
+    mb, logp_BT = _step_logprobs(step, groups)
+    row = 0
+    for g in groups:
+        for c in g.completion_ids:
+            torch.testing.assert_close(
+                logp_BT[row, : len(c)], _reference_logprobs(model, g.prompt_ids, c), atol=1e-5, rtol=1e-5
+            )
+            assert mb.completion_mask_BT[row].sum() == len(c)
+            row += 1
+
+
 def test_engine_logprobs_match_the_trainers(tiny):
     model, tok = tiny
     groups = _groups(model, tok, REWARDS)
     step = GRPOStep(model, _cfg(model="tiny"), tok.pad_token_id)
-    for g in groups:
-        n = g.group_size
-        mb = collate(
-            [g.prompt_ids] * n, g.completion_ids, g.behavior_logprobs, [0.0] * n, [0] * n, tok.pad_token_id
-        )
-        with torch.no_grad():
-            logp_BT = step._logprobs(model, mb)
-        diff = ((logp_BT - mb.behavior_logp_BT) * mb.completion_mask_BT).abs().max()
-        assert diff < 1e-4, f"engine and trainer disagree by {diff}"
-
-
-def test_padding_does_not_change_logprobs(tiny):
-    model, tok = tiny
-    step = GRPOStep(model, _cfg(model="tiny"), tok.pad_token_id)
-    comps = [[5, 6, 7], [8]]
-    alone = [
-        collate([p], [c], [[0.0] * len(c)], [0.0], [0], tok.pad_token_id)
-        for p, c in zip(PROMPTS[:2], comps, strict=True)
-    ]
-    both = collate(PROMPTS[:2], comps, [[0.0] * 3, [0.0]], [0.0, 0.0], [0, 0], tok.pad_token_id)
-    with torch.no_grad():
-        together = step._logprobs(model, both)
-        for i, mb in enumerate(alone):
-            single = step._logprobs(model, mb)[0]
-            n = len(comps[i])
-            torch.testing.assert_close(together[i, :n], single[:n], atol=1e-5, rtol=1e-5)
+    mb, logp_BT = _step_logprobs(step, groups)
+    diff = ((logp_BT - mb.behavior_logp_BT) * mb.completion_mask_BT).abs().max()
+    assert diff < 1e-4, f"engine and trainer disagree by {diff}"
 
 
 def _grads(model, cfg, groups):
@@ -75,7 +85,9 @@ def test_micro_batches_sum_to_the_full_batch_gradient(tiny, loss_type):
     model, tok = tiny
     groups = _groups(model, tok, REWARDS)
     full, _ = _grads(model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=12), groups)
-    split, _ = _grads(model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=3), groups)
+    split, _ = _grads(
+        model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=1), groups
+    )  # a group each
     assert full.keys() == split.keys() and full
     for name in full:
         torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)

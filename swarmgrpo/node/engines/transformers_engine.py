@@ -71,6 +71,7 @@ class TransformersEngine(Engine):
         logp_NT = logits_NTV.gather(-1, new_NT.unsqueeze(-1)).squeeze(-1) - logits_NTV.logsumexp(-1)
         completions = []
         for toks, logps in zip(new_NT.tolist(), logp_NT.tolist(), strict=True):
-            end = toks.index(eos) + 1 if eos in toks else len(toks)
-            completions.append(Completion(toks[:end], logps[:end], finished=end <= len(toks) and eos in toks))
+            finished = eos in toks
+            end = toks.index(eos) + 1 if finished else len(toks)
+            completions.append(Completion(toks[:end], logps[:end], finished=finished))
         return completions
