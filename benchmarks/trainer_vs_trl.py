@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="our compute dtype")
     p.add_argument("--trl-bf16", action="store_true", help="run TRL with bf16=True (default: fp32)")
-    p.add_argument("--micro-batch", type=int, default=0, help="our micro_batch_size; 0 = prompts × G")
+    p.add_argument("--micro-batch", type=int, default=8, help="our micro_batch_size (completions per pass)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     p.add_argument("--json-out", default="", help="also write the summary here as JSON")
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -108,7 +108,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         f"model={json.dumps(args.model_dir)}",
         f"generation_batch_size={batch}",
         f"num_generations={args.num_generations}",
-        f"micro_batch_size={args.micro_batch or batch}",
+        f"micro_batch_size={args.micro_batch}",
         f"max_completion_length={args.max_completion_length}",
         f"learning_rate={args.lr}",
         "beta=0.0",
