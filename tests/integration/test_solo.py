@@ -68,8 +68,16 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert _rewards(split / "metrics.jsonl") == _rewards(straight / "metrics.jsonl")
     a, _ = load_model(str(straight / "checkpoint-4"))
     b, _ = load_model(str(split / "checkpoint-4"))
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        assert torch.equal(x, y), name
+    start, _ = load_model(str(split / "checkpoint-2"))
+    # Same samples and rewards bit for bit (above). The weights agree to float rounding only: the
+    # resumed process multiplies weights read back from safetensors, the straight one weights it
+    # updated in place, and the CPU GEMM kernels' summation order can differ between such buffers
+    # (seen here: 4e-9 on weights of size 2e-2). Two optimizer steps move them ~1e6 times more.
+    for (name, x), y, x0 in zip(
+        a.state_dict().items(), b.state_dict().values(), start.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(y, x, atol=1e-7, rtol=0, msg=name)
+        assert (x - x0).abs().max() > 1e-4, f"{name} did not move in steps 3-4"
 
 
 def _cli(*args, cwd=None):

@@ -56,7 +56,7 @@ def test_unknown_task_name_lists_known_names():
     with pytest.raises(ConfigError) as exc_info:
         make_task(TaskConfig(name="gsm9k"))
     assert one_line_error(exc_info) == (
-        "config field 'task.name': unknown task 'gsm9k'; use one of: arithmetic, countdown, jsonl"
+        "config field 'task.name': unknown task 'gsm9k'; use one of: arithmetic, countdown, jsonl, uppercase"
     )
     assert exc_info.value.field == "task.name"
 
