@@ -65,7 +65,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         with metrics_file.open("a") as f:
             f.write(json.dumps(metrics) + "\n")
         bar.update(1)
-        log(_log_line(metrics))
+        (log if bar.disable else bar.write)(_log_line(metrics))  # bar.write keeps the bar below the lines
         if state.step == cfg.max_steps or (cfg.save_steps and state.step % cfg.save_steps == 0):
             checkpoint = save_checkpoint(cfg.output_dir, model, tokenizer, step.optimizer, cfg, state)
     bar.close()
