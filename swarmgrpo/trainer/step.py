@@ -179,12 +179,8 @@ class GRPOStep:
 
     def apply(self) -> dict[str, float]:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if self.cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
-        else:
-            grad_norm = float(
-                torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            )
+        max_norm = self.cfg.max_grad_norm or float("inf")  # inf: measure the norm, clip nothing
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1

@@ -154,3 +154,14 @@ def test_reducer_sees_the_accumulated_gradient(tiny):
 
     metrics = step.train(groups, reduce=reduce)
     assert seen and all(x >= 0 for x in seen) and metrics["grad_norm"] > 0
+
+
+def test_a_step_with_no_signal_changes_nothing_but_the_version(tiny):
+    model, tok = tiny
+    m = copy.deepcopy(model)
+    groups = _groups(m, tok, [[0.5] * 4] * 3)  # every group equal: no advantage anywhere
+    step = GRPOStep(m, _cfg(model="tiny", max_grad_norm=0.0), tok.pad_token_id)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    metrics = step.train(groups)
+    assert metrics["trained_sequences"] == 0 and metrics["grad_norm"] == 0.0 and step.version == 1
+    assert all(torch.equal(before[n], p) for n, p in m.named_parameters())
