@@ -37,7 +37,9 @@ class TrainConfig:
     """Completions per step (prompts per step × num_generations); must be divisible by num_generations."""
 
     micro_batch_size: int = 8
-    """Completions per forward/backward pass (gradient accumulation); bounds activation memory."""
+    """Completions per forward/backward pass (gradient accumulation); bounds activation memory.
+
+    A group larger than this is split across passes (its prompt is re-run for each piece)."""
 
     max_prompt_length: int = 256
     """Prompts longer than this many tokens are refused."""

@@ -28,6 +28,8 @@ class RolloutGroup:
 
     def __post_init__(self):
         g = len(self.completion_ids)
+        if len(self.prompt_ids) < 2:
+            raise ValueError("a prompt needs at least 2 tokens (the trainer caches all but the last)")
         if g == 0 or len(self.behavior_logprobs) != g or len(self.rewards) != g:
             raise ValueError("a rollout group needs G completions, G log-prob lists and G rewards")
         for toks, lps in zip(self.completion_ids, self.behavior_logprobs, strict=True):
@@ -48,8 +50,8 @@ class MicroBatch:
     Each prompt is run once (left-padded to P, so its last real token sits in the last column) and
     its KV cache is shared by its completions, instead of being recomputed G times: with G = 8 and
     prompts longer than completions, that halves the step's FLOPs and activation memory.
-    The logits that predict completion token 0 come from the prompt's last position; those that
-    predict tokens 1..T−1 from the completion inputs `completion_ids[:, :-1]`.
+    The cache holds the prompt's context (all tokens but its last); each completion's forward runs
+    over [last prompt token] + completion_ids[:-1], so its T logits predict its T tokens.
     """
 
     prompt_ids_KP: torch.Tensor

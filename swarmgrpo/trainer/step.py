@@ -26,6 +26,7 @@ import torch
 
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, grpo_loss, token_logprobs
+from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head
 from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
 
 Reducer = Callable[[torch.nn.Module], None]
@@ -92,28 +93,37 @@ class GRPOStep:
         return any(group.completion_ids) and (self.cfg.beta > 0 or any(adv_G))
 
     def _micro_batches(self, trained: list[tuple[RolloutGroup, list[float]]]):
-        """Whole groups (they share one prompt forward), about micro_batch_size completions each."""
-        chunk, size = [], 0
+        """Micro-batches of at most micro_batch_size completions.
+
+        A group stays whole when it fits (its completions share one prompt forward); a group larger
+        than micro_batch_size is split into pieces that each re-run the prompt, trading a little
+        compute for activation memory. Yields lists of (group, advantages, completion indices).
+        """
+        size_limit = self.cfg.micro_batch_size
+        pieces = []
         for g, adv_G in sorted(trained, key=lambda x: len(x[0].prompt_ids)):
-            if chunk and size + g.group_size > self.cfg.micro_batch_size:
+            live = [i for i, c in enumerate(g.completion_ids) if c]
+            pieces += [(g, adv_G, live[i : i + size_limit]) for i in range(0, len(live), size_limit)]
+        chunk, size = [], 0
+        for piece in pieces:
+            if chunk and size + len(piece[2]) > size_limit:
                 yield chunk
                 chunk, size = [], 0
-            chunk.append((g, adv_G))
-            size += g.group_size
+            chunk.append(piece)
+            size += len(piece[2])
         if chunk:
             yield chunk
 
-    def _collate(self, chunk: list[tuple[RolloutGroup, list[float]]]) -> MicroBatch:
+    def _collate(self, chunk: list[tuple[RolloutGroup, list[float], list[int]]]) -> MicroBatch:
         index, comps, behavior, advs, versions = [], [], [], [], []
-        for k, (g, adv_G) in enumerate(chunk):
-            for c, lp, a in zip(g.completion_ids, g.behavior_logprobs, adv_G, strict=True):
-                if c:
-                    index.append(k)
-                    comps.append(c)
-                    behavior.append(lp)
-                    advs.append(a)
-                    versions.append(g.policy_version)
-        prompts = [g.prompt_ids for g, _ in chunk]
+        for k, (g, adv_G, rows) in enumerate(chunk):
+            for i in rows:
+                index.append(k)
+                comps.append(g.completion_ids[i])
+                behavior.append(g.behavior_logprobs[i])
+                advs.append(adv_G[i])
+                versions.append(g.policy_version)
+        prompts = [g.prompt_ids for g, _, _ in chunk]
         return collate(prompts, index, comps, behavior, advs, versions, self.pad_id)
 
     def _micro_step(self, mb: MicroBatch, norm: LossNorm) -> dict[str, float]:
@@ -146,35 +156,62 @@ class GRPOStep:
         return out
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
-        """logp_BT of the completion tokens: one forward of the K prompts, one of the B completions."""
-        t = mb.completion_ids_BT.shape[1]
+        """logp_BT of the completion tokens: one forward of the K prompts, one of the B completions.
+
+        The prompts' context (all tokens but the last) is run once through the decoder, and its KV
+        cache shared by the completions; each completion's forward starts at its prompt's last token.
+        The vocabulary matrix is used twice, by one lookup of all ids and one head over the
+        completions; on supported models both add their gradient straight into `.grad` and the head
+        works chunk by chunk (see `headgrad`), which bounds the backward peak at SmolLM2's size by a
+        few hundred MB less than plain autograd.
+        """
+        k, p = mb.prompt_ids_KP.shape
+        b, t = mb.completion_ids_BT.shape
+        index_B = mb.group_index_B
+        context_KC, context_mask_KC = mb.prompt_ids_KP[:, :-1], mb.prompt_mask_KP[:, :-1]
+        last_B1 = mb.prompt_ids_KP[:, -1:].index_select(0, index_B)
+        inputs_BT = torch.cat([last_B1, mb.completion_ids_BT[:, :-1]], 1)
+        ids = torch.cat([context_KC.reshape(-1), inputs_BT.reshape(-1)])
+        fused = supports_fused_head(model)
+        if fused:
+            embeds = lookup(ids, model.get_input_embeddings().weight)
+        else:
+            embeds = model.get_input_embeddings()(ids)
+        context_KCH = embeds[: context_KC.numel()].view(k, p - 1, -1)
+        inputs_BTH = embeds[context_KC.numel() :].view(b, t, -1)
+        mask_BT = torch.cat([torch.ones(b, 1, dtype=torch.long), mb.completion_mask_BT[:, :-1].long()], 1)
+        positions_BT = (mb.prompt_len_K - 1).index_select(0, index_B)[:, None] + torch.arange(t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
-            out = model(
-                input_ids=mb.prompt_ids_KP,
-                attention_mask=mb.prompt_mask_KP,
-                position_ids=(mb.prompt_mask_KP.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits_BTV = out.logits.index_select(0, mb.group_index_B)
-            if t > 1:
-                cache = out.past_key_values
-                cache.reorder_cache(mb.group_index_B)  # K prompt caches -> one per completion
-                inputs_BT = mb.completion_ids_BT[:, :-1]
-                mask_BT = mb.completion_mask_BT[:, :-1].long()
-                positions_BT = mb.prompt_len_K.index_select(0, mb.group_index_B)[:, None] + torch.arange(
-                    t - 1
-                )
-                rest = model(
-                    input_ids=inputs_BT,
-                    attention_mask=torch.cat(
-                        [mb.prompt_mask_KP.index_select(0, mb.group_index_B), mask_BT], 1
-                    ),
-                    position_ids=positions_BT,
-                    past_key_values=cache,
+            cache = None
+            if p > 1:
+                decoder = model.base_model
+                context = dict(
+                    inputs_embeds=context_KCH,
+                    attention_mask=context_mask_KC,
+                    position_ids=(context_mask_KC.cumsum(-1) - 1).clamp(min=0),
                     use_cache=True,
-                ).logits
-                logits_BTV = torch.cat([logits_BTV, rest], dim=1)
+                )
+                if torch.is_grad_enabled():  # second use of every weight: hand gradients over early
+                    out = torch.func.functional_call(
+                        decoder, aliased_leaves(decoder), (), context, strict=False
+                    )
+                else:
+                    out = decoder(**context)
+                cache = out.past_key_values
+                cache.reorder_cache(index_B)  # K prompt caches -> one per completion
+                mask_BT = torch.cat([context_mask_KC.index_select(0, index_B), mask_BT], 1)
+            inputs = dict(
+                inputs_embeds=inputs_BTH,
+                attention_mask=mask_BT,
+                position_ids=positions_BT,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+            if fused:
+                hidden_BTH = model.base_model(**inputs).last_hidden_state
+                head = model.get_output_embeddings().weight
+                return head_logprobs(hidden_BTH, head, mb.completion_ids_BT, self.cfg.temperature)
+            logits_BTV = model(**inputs).logits
         return token_logprobs(logits_BTV, mb.completion_ids_BT, self.cfg.temperature)
 
     def apply(self) -> dict[str, float]:

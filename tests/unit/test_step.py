@@ -41,7 +41,7 @@ def _reference_logprobs(model, prompt, completion):
 
 def _step_logprobs(step, groups):
     """The step's own logp_BT for all groups in one micro-batch (shared prompt forwards, padding)."""
-    mb = step._collate([(g, [0.0] * g.group_size) for g in groups])
+    mb = step._collate([(g, [0.0] * g.group_size, list(range(g.group_size))) for g in groups])
     with torch.no_grad():
         return mb, step._logprobs(step.model, mb)
 
@@ -81,16 +81,27 @@ def _grads(model, cfg, groups):
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
-def test_micro_batches_sum_to_the_full_batch_gradient(tiny, loss_type):
+@pytest.mark.parametrize("micro_batch_size", [1, 3])  # 1: a completion per pass; 3: groups of 4 split 3 + 1
+def test_micro_batches_sum_to_the_full_batch_gradient(tiny, loss_type, micro_batch_size):
     model, tok = tiny
     groups = _groups(model, tok, REWARDS)
     full, _ = _grads(model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=12), groups)
     split, _ = _grads(
-        model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=1), groups
-    )  # a group each
+        model, _cfg(model="tiny", loss_type=loss_type, micro_batch_size=micro_batch_size), groups
+    )
     assert full.keys() == split.keys() and full
     for name in full:
         torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)
+
+
+def test_micro_batches_never_exceed_their_size_and_cover_every_completion(tiny):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    step = GRPOStep(model, _cfg(model="tiny", micro_batch_size=3), tok.pad_token_id)
+    chunks = list(step._micro_batches([(g, [1.0] * g.group_size) for g in groups]))
+    assert all(sum(len(rows) for _, _, rows in chunk) <= 3 for chunk in chunks)
+    seen = sorted((id(g), i) for chunk in chunks for g, _, rows in chunk for i in rows)
+    assert seen == sorted((id(g), i) for g in groups for i in range(g.group_size))
 
 
 def test_equal_reward_groups_are_skipped_and_change_nothing(tiny):
@@ -165,3 +176,16 @@ def test_a_step_with_no_signal_changes_nothing_but_the_version(tiny):
     metrics = step.train(groups)
     assert metrics["trained_sequences"] == 0 and metrics["grad_norm"] == 0.0 and step.version == 1
     assert all(torch.equal(before[n], p) for n, p in m.named_parameters())
+
+
+def test_memory_lean_backward_gives_plain_autogradients(tiny, monkeypatch):
+    """Fused head/lookup and aliased prompt-pass weights (see headgrad) change memory, not results."""
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    lean, _ = _grads(model, _cfg(model="tiny", micro_batch_size=3), groups)
+    monkeypatch.setattr("swarmgrpo.trainer.step.supports_fused_head", lambda m: False)
+    monkeypatch.setattr("swarmgrpo.trainer.step.aliased_leaves", lambda m: dict(m.named_parameters()))
+    plain, _ = _grads(model, _cfg(model="tiny", micro_batch_size=3), groups)
+    assert lean.keys() == plain.keys() and lean
+    for name in plain:
+        torch.testing.assert_close(lean[name], plain[name], atol=1e-6, rtol=1e-4)
