@@ -32,6 +32,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="task overrides, e.g. level=2 dataset=gsm8k.jsonl")
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("coordinator", help="run a training run's coordinator (gRPC + HTTP status)")
+    p.add_argument("--config", help="TOML or YAML run config")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. max_staleness=0 train.max_steps=50")
+    p.set_defaults(func=_coordinator)
+
+    p = sub.add_parser("node", help="contribute this machine to a run")
+    p.add_argument("--join", required=True, metavar="HOST:PORT", help="the coordinator's gRPC address")
+    p.add_argument("--token", required=True, help="the run's join token")
+    p.add_argument(
+        "--roles", default="auto", choices=("auto", "rollout", "train"), help="what to do (auto: ask the run)"
+    )
+    p.add_argument("--state-dir", default="~/.cache/swarmgrpo/node", help="node key and trainer checkpoints")
+    p.add_argument(
+        "--weights-dir", default="", help="shared folder for weights (default: fetch from peers over libp2p)"
+    )
+    p.add_argument("--initial-peers", nargs="*", default=[], help="DHT multiaddrs to bootstrap from")
+    p.add_argument("--max-prompts", type=int, default=2, help="prompts per lease")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.set_defaults(func=_node)
+
+    p = sub.add_parser("status", help="show a running network's state")
+    p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=_status)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
@@ -97,3 +123,62 @@ def _eval(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _coordinator(args) -> int:
+    from swarmgrpo.coordinator.config import RunConfig
+    from swarmgrpo.protocol.configtree import load_config, render_toml
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if args.print_config:
+        print(render_toml(cfg), end="")
+        return 0
+    _logging()
+    from swarmgrpo.coordinator.server import main as serve
+
+    serve(cfg)
+    return 0
+
+
+def _node(args) -> int:
+    _logging()
+    from swarmgrpo.node.daemon import NodeOptions
+    from swarmgrpo.node.daemon import main as run_node
+
+    if args.max_prompts < 1:
+        raise UserError("--max-prompts must be at least 1")
+    run_node(
+        NodeOptions(
+            join=args.join,
+            token=args.token,
+            roles=args.roles,
+            state_dir=args.state_dir,
+            weights_dir=args.weights_dir,
+            max_prompts=args.max_prompts,
+            threads=args.threads,
+            initial_peers=args.initial_peers,
+        )
+    )
+    return 0
+
+
+def _status(args) -> int:
+    from swarmgrpo.protocol.client import CoordinatorError, status
+
+    try:
+        snap = json.loads(status(args.coordinator))
+    except CoordinatorError as e:
+        raise UserError(f"no coordinator answered at {args.coordinator} ({e}); check the address") from None
+    if args.json:
+        print(json.dumps(snap, indent=1))
+        return 0
+    from swarmgrpo.coordinator.view import render
+
+    print(render(snap))
+    return 0

@@ -1,0 +1,65 @@
+"""A run's configuration, owned by the run owner and sent to every node that joins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.trainer.config import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """`swarmgrpo coordinator --config run.toml`: the run's network settings and its [train] table."""
+
+    run_id: str = "swarmgrpo-run"
+    """Name of the run, shown to nodes and on the status page."""
+
+    join_token: str = ""
+    """Secret a node must present to join (`swarmgrpo node --token`). Empty refuses every node."""
+
+    listen: str = "127.0.0.1:50051"
+    """gRPC address (host:port) nodes join; port 0 picks a free one (written to state_dir/ports.json)."""
+
+    http_listen: str = "127.0.0.1:8080"
+    """HTTP address of /status (JSON) and /metrics (Prometheus); port 0 picks a free one; "" disables."""
+
+    state_dir: str = "runs/coordinator"
+    """Folder of the run's SQLite database; restarting with the same folder resumes the run."""
+
+    max_staleness: int = 1
+    """k: rollouts sampled by a policy at most k versions older than the one trained are used
+    (0 = strictly on-policy: rollout nodes wait for each new version)."""
+
+    prompts_per_lease: int = 2
+    """Prompts handed to a rollout node at once (it samples num_generations of each)."""
+
+    lease_timeout_s: float = 300.0
+    """A lease not submitted within this time is expired and its prompts go to another node."""
+
+    heartbeat_interval_s: float = 5.0
+    """How often nodes report; a node silent for 3 intervals no longer counts as a weight holder."""
+
+    max_clock_skew_s: float = 120.0
+    """Largest difference between a node's clock and the coordinator's accepted on a request."""
+
+    dht_initial_peers: list[str] = field(default_factory=list)
+    """DHT multiaddrs handed to joining nodes to bootstrap from (in addition to the nodes it knows)."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The GRPO run itself: model, task, batch, optimizer (the same table as `swarmgrpo train`)."""
+
+    def validate(self) -> None:
+        self.train.validate()
+        if self.max_staleness < 0:
+            raise ConfigError("max_staleness", f"must be >= 0, got {self.max_staleness}", "use 0, 1 or 2")
+        for name in ("prompts_per_lease",):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, "must be at least 1", f"set {name} to 1 or more")
+        for name in ("lease_timeout_s", "heartbeat_interval_s", "max_clock_skew_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, "must be > 0", f"set {name} to a positive number of seconds")
+        for name in ("listen", "http_listen"):
+            value = getattr(self, name)
+            if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+                raise ConfigError(name, f"'{value}' is not host:port", 'write it as "127.0.0.1:50051"')

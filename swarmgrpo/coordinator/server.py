@@ -1,0 +1,128 @@
+"""`swarmgrpo coordinator`: wires the store, the gRPC service and the HTTP side, and runs until stopped.
+
+    open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → gRPC on `listen`
+    → HTTP /status, /metrics on `http_listen` → expire leases every second → SIGINT/SIGTERM stops
+
+The bound ports are written to state_dir/ports.json (useful with port 0, as tests and the demo use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+
+from swarmgrpo.coordinator import status
+from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.service import CoordinatorService, Run
+from swarmgrpo.coordinator.store import Store
+from swarmgrpo.protocol import swarm_pb2_grpc
+from swarmgrpo.protocol.errors import UserError
+
+log = logging.getLogger("swarmgrpo.coordinator")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def _http_server(cfg: RunConfig, db_path: Path) -> ThreadingHTTPServer:
+    local = threading.local()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if not hasattr(local, "store"):
+                local.store = Store(db_path, readonly=True)
+            if self.path.split("?")[0] == "/status":
+                body = json.dumps(status.snapshot(local.store, cfg.heartbeat_interval_s), indent=1).encode()
+                ctype = "application/json"
+            elif self.path.split("?")[0] == "/metrics":
+                body, ctype = (
+                    status.metrics_text(local.store, cfg.heartbeat_interval_s),
+                    "text/plain; version=0.0.4",
+                )
+            else:
+                self.send_error(404, "try /status or /metrics")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    host, port = cfg.http_listen.rsplit(":", 1)
+    return ThreadingHTTPServer((host, int(port)), Handler)
+
+
+async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
+    state = Path(cfg.state_dir)
+    db_path = state / "run.sqlite"
+    resumed = db_path.exists()
+    store = Store(db_path)
+    stored_run = store.get_meta("run_id")
+    if stored_run is not None and stored_run != cfg.run_id:
+        raise UserError(
+            f"{db_path} holds run '{stored_run}', the config says '{cfg.run_id}'; "
+            "use another state_dir for a new run or the same run_id to resume"
+        )
+    run = Run(cfg)
+    service = CoordinatorService(
+        cfg, store, run, status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s)
+    )
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    swarm_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+    grpc_port = server.add_insecure_port(cfg.listen)
+    if grpc_port == 0:
+        raise UserError(
+            f"cannot listen on {cfg.listen}: is another coordinator using it? Set listen to a free port"
+        )
+    await server.start()
+    ports = {"grpc": f"{cfg.listen.rsplit(':', 1)[0]}:{grpc_port}"}
+    http = None
+    if cfg.http_listen:
+        http = _http_server(cfg, db_path)
+        threading.Thread(target=http.serve_forever, daemon=True, name="http").start()
+        ports["http"] = f"{http.server_address[0]}:{http.server_address[1]}"
+    (state / "ports.json").write_text(json.dumps(ports))
+    log.info(
+        "coordinator %s run '%s' at policy version %d: gRPC %s, HTTP %s",
+        "resumed" if resumed else "started",
+        cfg.run_id,
+        store.policy_version,
+        ports["grpc"],
+        ports.get("http", "off"),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            service.expire_leases()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await server.stop(grace=2.0)
+        if http is not None:
+            http.shutdown()
+        store.close()
+        log.info("coordinator stopped; state is in %s", db_path)
+
+
+def main(cfg: RunConfig) -> None:
+    asyncio.run(serve(cfg))

@@ -1,0 +1,444 @@
+"""The Coordinator gRPC service: joins, leases, submissions, training batches, policy versions.
+
+Every request goes: verify signature and nonce → validate every field → one SQLite transaction →
+reply. Nothing from a request that fails a check is stored.
+
+Staleness (k = max_staleness, v = the newest published version, P = prompts per step):
+- a node whose weights are older than v − k is told to re-sync before it gets work;
+- work is handed out for the steps not yet batched up to v + k, P prompts per step, so with k = 0
+  rollout nodes wait while the trainer trains, and with k ≥ 1 they sample ahead;
+- a submission sampled before v − k is refused (SUBMIT_STALE), and accepted rollouts that fall
+  behind v − k before a batch takes them are dropped and their prompts sampled again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import asdict
+
+import grpc
+
+from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.store import Lease, Store
+from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
+from swarmgrpo.protocol.configtree import render_toml
+from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
+
+log = logging.getLogger("swarmgrpo.coordinator")
+
+
+class Run:
+    """The run's task, tokenizer and prompt stream: the parts that need the model's tokenizer."""
+
+    def __init__(self, cfg: RunConfig):
+        from swarmgrpo.trainer.models import load_tokenizer
+        from swarmgrpo.trainer.tasks import make_task
+
+        self.cfg = cfg
+        self.task = make_task(cfg.train.task)
+        self.tokenizer = load_tokenizer(cfg.train.model)
+        self.vocab_size = len(self.tokenizer)
+        self._stream = None
+        self._stream_pos = 0
+
+    def example(self, index: int):
+        """The index-th problem of the run's seeded stream (the stream only moves forward)."""
+        if self._stream is None or index < self._stream_pos:
+            self._stream = self.task.train_examples(self.cfg.train.seed)
+            self._stream_pos = 0
+        ex = next(itertools.islice(self._stream, index - self._stream_pos, None))
+        self._stream_pos = index + 1
+        return ex
+
+    def encode(self, example) -> list[int]:
+        from swarmgrpo.trainer.prompts import encode_chat
+
+        return encode_chat(self.tokenizer, example.messages, self.cfg.train.max_prompt_length)
+
+    def reward(self, example: dict, token_ids: list[int]) -> float:
+        from swarmgrpo.trainer.tasks import Example
+
+        ex = Example(example["id"], tuple(example["messages"]), example["answer"], example.get("meta", {}))
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return self.task.reward(text, ex, len(token_ids), self.cfg.train.max_completion_length)
+
+
+class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
+    def __init__(self, cfg: RunConfig, store: Store, run: Run, status_fn=None):
+        self.cfg = cfg
+        self.store = store
+        self.run = run
+        self.status_fn = status_fn
+        t = cfg.train
+        self.prompts_per_step = t.generation_batch_size // t.num_generations
+        self.limits = validate.Limits(run.vocab_size, t.num_generations, t.max_completion_length)
+        horizon = time.time() - 2 * cfg.max_clock_skew_s
+        self.replay = ReplayGuard(cfg.max_clock_skew_s, store.remember_nonce, store.recent_nonces(horizon))
+        if store.get_meta("run_id") is None:
+            with store.tx():
+                store.set_meta("run_id", cfg.run_id)
+                store.set_meta("config_toml", render_toml(cfg))
+                store.set_meta("policy_version", 0)
+                store.set_meta("next_prompt_index", 0)
+
+    # ------------------------------------------------------------------ checks shared by every method
+
+    async def _checked(self, method: str, request, context, check):
+        """Signature, replay and field checks; aborts the RPC with a status a volunteer can act on."""
+        try:
+            check(request, self.limits)
+            key = request.auth.public_key if method == "Join" else self.store.node_key(request.auth.node_id)
+            if key is None:
+                raise AuthError("unknown node: join first (swarmgrpo node --join HOST:PORT --token T)")
+            verify(method, request, key)
+            with self.store.tx():
+                self.replay.check(request.auth)
+        except validate.IncompatibleProtocol as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except validate.InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except AuthError as e:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+
+    @property
+    def version(self) -> int:
+        return self.store.policy_version
+
+    @property
+    def finished(self) -> bool:
+        return self.version >= self.cfg.train.max_steps
+
+    def policy_state(self) -> swarm_pb2.PolicyState:
+        v = self.version
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        holders = [
+            swarm_pb2.WeightHolder(
+                node_id=n["node_id"],
+                peer_id=n["peer_id"],
+                peer_addrs=n["peer_addrs"],
+                policy_version=n["policy_version"],
+            )
+            for n in sorted(self.store.nodes(), key=lambda n: -n["last_seen"])
+            if n["policy_version"] == v and n["left_at"] is None and n["last_seen"] >= alive and n["peer_id"]
+        ]
+        return swarm_pb2.PolicyState(
+            policy_version=v,
+            weight_hash=self.store.version_hash(v),
+            holders=holders,
+            max_staleness=self.cfg.max_staleness,
+            finished=self.finished,
+        )
+
+    # ------------------------------------------------------------------ joining and liveness
+
+    async def Join(self, request, context):
+        await self._checked("Join", request, context, validate.join)
+        if not self.cfg.join_token or not secrets.compare_digest(request.join_token, self.cfg.join_token):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "wrong join token: ask the run owner for the run's --token"
+            )
+        roles = self._grant_roles(request)
+        caps = {f.name: getattr(request.capabilities, f.name) for f in request.capabilities.DESCRIPTOR.fields}
+        caps["engines"] = list(caps["engines"])
+        with self.store.tx():
+            self.store.upsert_node(
+                request.auth.node_id,
+                request.auth.public_key,
+                caps,
+                [swarm_pb2.Role.Name(r) for r in roles],
+                request.peer_id,
+                list(request.peer_addrs),
+                request.software_version,
+            )
+        log.info("node %s joined as %s", request.auth.node_id[:8], [swarm_pb2.Role.Name(r) for r in roles])
+        peers = list(self.cfg.dht_initial_peers)
+        for n in self.store.nodes():
+            if n["left_at"] is None and n["node_id"] != request.auth.node_id:
+                peers += n["peer_addrs"]
+        return swarm_pb2.JoinReply(
+            node_id=request.auth.node_id,
+            protocol_version=PROTOCOL_VERSION,
+            run_id=self.cfg.run_id,
+            run_config_toml=self.store.get_meta("config_toml"),
+            policy_version=self.version,
+            roles=roles,
+            initial_peers=peers,
+            heartbeat_interval_s=self.cfg.heartbeat_interval_s,
+        )
+
+    def _grant_roles(self, request) -> list[int]:
+        """Explicit roles are honoured; a node that offers any role trains if no live node does."""
+        if len(request.roles) == 1:
+            return list(request.roles)
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        has_trainer = any(
+            "ROLE_TRAIN" in n["roles"]
+            and n["left_at"] is None
+            and n["last_seen"] >= alive
+            and n["node_id"] != request.auth.node_id
+            for n in self.store.nodes()
+        )
+        return [swarm_pb2.ROLE_ROLLOUT] if has_trainer else [swarm_pb2.ROLE_TRAIN]
+
+    async def Heartbeat(self, request, context):
+        await self._checked("Heartbeat", request, context, validate.heartbeat)
+        if request.policy_version > self.version:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"policy_version {request.policy_version} is newer than the run's {self.version}; report what you hold",
+            )
+        with self.store.tx():
+            self.store.touch_node(
+                request.auth.node_id,
+                policy_version=request.policy_version,
+                activity=request.activity,
+                tokens_per_s=request.tokens_per_s,
+            )
+        return self.policy_state()
+
+    async def GetPolicy(self, request, context):
+        await self._checked("GetPolicy", request, context, validate.signed_only)
+        return self.policy_state()
+
+    async def Leave(self, request, context):
+        await self._checked("Leave", request, context, validate.signed_only)
+        returned = 0
+        with self.store.tx():
+            for lease in self.store.open_leases(node_id=request.auth.node_id):
+                self.store.close_lease(lease, "returned", done=[])
+                returned += len(lease.prompt_indices)
+            self.store.touch_node(request.auth.node_id, left_at=time.time(), activity="left")
+        log.info(
+            "node %s left (%s); %d prompts back to the pool",
+            request.auth.node_id[:8],
+            request.reason,
+            returned,
+        )
+        return swarm_pb2.LeaveReply(returned_prompts=returned)
+
+    async def Status(self, request, context):
+        import json
+
+        return swarm_pb2.StatusReply(status_json=json.dumps(self.status_fn() if self.status_fn else {}))
+
+    # ------------------------------------------------------------------ rollouts
+
+    def _open_steps(self) -> int:
+        """Steps that still need rollouts: from the first step without a batch up to v + k."""
+        v, k = self.version, self.cfg.max_staleness
+        first_unbatched = v + 1 if self.store.batch(v) else v
+        return max(0, min(v + k, self.cfg.train.max_steps - 1) - first_unbatched + 1)
+
+    def expire_leases(self, now: float | None = None) -> int:
+        expired = self.store.open_leases(expired_by=time.time() if now is None else now)
+        if expired:
+            with self.store.tx():
+                for lease in expired:
+                    self.store.close_lease(lease, "expired", done=[])
+            log.info("%d leases expired; their prompts go to other nodes", len(expired))
+        return len(expired)
+
+    async def Lease(self, request, context):
+        await self._checked("Lease", request, context, validate.lease)
+        node_id = request.auth.node_id
+        v, k = self.version, self.cfg.max_staleness
+        reply = swarm_pb2.LeaseReply(group_size=self.cfg.train.num_generations)
+        if self.finished:
+            reply.status, reply.message = (
+                swarm_pb2.LEASE_FINISHED,
+                f"the run reached max_steps={self.cfg.train.max_steps}",
+            )
+            return reply
+        if request.policy_version > v:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"policy_version {request.policy_version} > the run's {v}"
+            )
+        if request.policy_version < v - k:
+            reply.status, reply.retry_after_s = swarm_pb2.LEASE_RESYNC, 0.0
+            reply.message = (
+                f"max_staleness={k} but the node's policy is {v - request.policy_version} versions old; "
+                f"fetch version {v} and ask again"
+            )
+            reply.policy.CopyFrom(self.policy_state())
+            return reply
+        self.expire_leases()
+        with self.store.tx():
+            self.store.drop_stale(v - k)
+            budget = self.prompts_per_step * self._open_steps()
+            outstanding = self.store.unused_rollouts(v - k) + self.store.leased_prompt_count()
+            n = min(request.max_prompts, self.cfg.prompts_per_lease, budget - outstanding)
+            if n <= 0:
+                reply.status, reply.retry_after_s = swarm_pb2.LEASE_WAIT, 0.5
+                reply.message = f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                return reply
+            indices = self.store.pool_prompts(n)
+            while len(indices) < n:
+                indices.append(self._issue_prompt())
+            lease = Lease(
+                lease_id=secrets.token_hex(12),
+                node_id=node_id,
+                policy_version=request.policy_version,
+                prompt_indices=indices,
+                seed=secrets.randbits(63),
+                deadline=time.time() + self.cfg.lease_timeout_s,
+                state="open",
+            )
+            self.store.add_lease(lease)
+            self.store.touch_node(node_id, activity="generating")
+        t = self.cfg.train
+        reply.status = swarm_pb2.LEASE_GRANTED
+        reply.lease_id = lease.lease_id
+        reply.policy_version = lease.policy_version
+        reply.deadline_ms = int(lease.deadline * 1000)
+        reply.sampling.CopyFrom(
+            swarm_pb2.Sampling(
+                temperature=t.temperature,
+                top_p=t.top_p,
+                top_k=t.top_k,
+                max_tokens=t.max_completion_length,
+                seed=lease.seed,
+            )
+        )
+        for i in indices:
+            reply.prompts.add(prompt_index=i, token_ids=self.store.prompt(i)[1])
+        return reply
+
+    def _issue_prompt(self) -> int:
+        index = int(self.store.get_meta("next_prompt_index", "0"))
+        ex = self.run.example(index)
+        self.store.add_prompt(index, asdict(ex) | {"messages": list(ex.messages)}, self.run.encode(ex))
+        self.store.set_meta("next_prompt_index", index + 1)
+        return index
+
+    async def Submit(self, request, context):
+        lease = self.store.lease(request.lease_id)
+        node_id = request.auth.node_id
+        mine = lease is not None and lease.node_id == node_id
+        leased = {i: 0 for i in lease.prompt_indices} if mine else {}
+        check = (lambda r, lim: validate.submit(r, lim, leased)) if mine else validate.signed_only
+        await self._checked("Submit", request, context, check)
+        reply = swarm_pb2.SubmitReply()
+        if not mine:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"lease {request.lease_id[:24]} is not yours: ask for a new lease"
+            )
+        if request.policy_version != lease.policy_version:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"policy_version {request.policy_version} differs from the lease's {lease.policy_version}; sample with the leased version",
+            )
+        v, k = self.version, self.cfg.max_staleness
+        if lease.state == "submitted":
+            reply.status, reply.message = swarm_pb2.SUBMIT_DUPLICATE, "this lease was already accepted"
+            return reply
+        if lease.state != "open" or lease.deadline < time.time():
+            if lease.state == "open":
+                with self.store.tx():
+                    self.store.close_lease(lease, "expired", done=[])
+            reply.status, reply.message = (
+                swarm_pb2.SUBMIT_EXPIRED,
+                "the lease expired and its prompts went to other nodes",
+            )
+            return reply
+        if lease.policy_version < v - k:
+            with self.store.tx():
+                self.store.close_lease(lease, "stale", done=[])
+            reply.status = swarm_pb2.SUBMIT_STALE
+            reply.message = (
+                f"max_staleness={k} but these rollouts are {v - lease.policy_version} versions old; "
+                f"the node will re-sync to version {v} and lease again"
+            )
+            reply.policy.CopyFrom(self.policy_state())
+            return reply
+        rewards = []
+        for g in request.groups:
+            example, _ = self.store.prompt(g.prompt_index)
+            rewards.append([self.run.reward(example, list(c.token_ids)) for c in g.completions])
+        tokens = sum(len(c.token_ids) for g in request.groups for c in g.completions)
+        with self.store.tx():
+            for g, r in zip(request.groups, rewards, strict=True):
+                self.store.add_rollout(
+                    g.prompt_index,
+                    lease.lease_id,
+                    node_id,
+                    lease.policy_version,
+                    [list(c.token_ids) for c in g.completions],
+                    [list(c.logprobs) for c in g.completions],
+                    r,
+                )
+            self.store.close_lease(lease, "submitted", done=[g.prompt_index for g in request.groups])
+            self.store.add_counts(node_id, tokens=tokens, rollouts=len(request.groups))
+            gen_tps = tokens / request.generation_s if request.generation_s > 0 else 0.0
+            self.store.touch_node(node_id, tokens_per_s=gen_tps)
+        reply.status = swarm_pb2.SUBMIT_ACCEPTED
+        reply.accepted_groups = len(request.groups)
+        for r in rewards:
+            reply.rewards.add(rewards=r)
+        reply.policy.CopyFrom(self.policy_state())
+        return reply
+
+    # ------------------------------------------------------------------ training
+
+    async def TrainBatch(self, request, context):
+        await self._checked("TrainBatch", request, context, validate.train_batch)
+        v, k = self.version, self.cfg.max_staleness
+        reply = swarm_pb2.TrainBatchReply(step=v)
+        if self.finished:
+            reply.status, reply.message = (
+                swarm_pb2.BATCH_FINISHED,
+                f"the run reached max_steps={self.cfg.train.max_steps}",
+            )
+            return reply
+        if request.step != v:
+            reply.status = swarm_pb2.BATCH_RESYNC
+            reply.message = (
+                f"the trainer holds version {request.step}, the run is at {v}: fetch version {v} first"
+            )
+            reply.policy.CopyFrom(self.policy_state())
+            return reply
+        with self.store.tx():
+            batch = self.store.batch(v)
+            if not batch:
+                self.store.drop_stale(v - k)
+                if self.store.unused_rollouts(v - k) >= self.prompts_per_step:
+                    self.store.assign_batch(v, self.prompts_per_step, v - k)
+                    batch = self.store.batch(v)
+                    self.store.touch_node(request.auth.node_id, activity="training")
+        if not batch:
+            have = self.store.unused_rollouts(v - k)
+            reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.25
+            reply.message = f"step {v} has {have}/{self.prompts_per_step} groups"
+            return reply
+        reply.status = swarm_pb2.BATCH_READY
+        for r in batch:
+            _, prompt_ids = self.store.prompt(r.prompt_index)
+            g = reply.groups.add(
+                prompt_index=r.prompt_index,
+                prompt_token_ids=prompt_ids,
+                rewards=r.rewards,
+                policy_version=r.policy_version,
+            )
+            for ids, lps in zip(r.completions, r.logprobs, strict=True):
+                g.completions.add(token_ids=ids, logprobs=lps)
+        return reply
+
+    async def ReportStep(self, request, context):
+        await self._checked("ReportStep", request, context, validate.step_report)
+        v = self.version
+        if request.step != v or not self.store.batch(v):
+            return swarm_pb2.StepReply(
+                status=swarm_pb2.STEP_REJECTED,
+                policy_version=v,
+                message=f"step {request.step} is not the run's open step {v} with a batch; re-sync to version {v}",
+            )
+        with self.store.tx():
+            self.store.add_version(v + 1, request.weight_hash, request.auth.node_id, dict(request.metrics))
+            self.store.add_counts(request.auth.node_id, steps=1)
+            self.store.touch_node(request.auth.node_id, policy_version=v + 1, activity="published")
+        log.info(
+            "version %d published by %s (hash %s)", v + 1, request.auth.node_id[:8], request.weight_hash[:12]
+        )
+        return swarm_pb2.StepReply(status=swarm_pb2.STEP_PUBLISHED, policy_version=v + 1)

@@ -1,0 +1,69 @@
+"""What the run looks like now, from the database: the JSON of /status and `swarmgrpo status`, and
+the Prometheus metrics of /metrics. Read-only; the HTTP side uses its own connection."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from swarmgrpo.coordinator.store import Store
+
+
+def snapshot(store: Store, heartbeat_interval_s: float) -> dict:
+    now = time.time()
+    versions = store.versions()
+    nodes = store.nodes()
+    v = store.policy_version
+    for n in nodes:
+        n["alive"] = n["left_at"] is None and now - n["last_seen"] <= 3 * heartbeat_interval_s
+        n["staleness"] = v - n["policy_version"]
+    last = versions[-1]["metrics"] if versions else {}
+    return {
+        "run_id": store.get_meta("run_id"),
+        "policy_version": v,
+        "counts": store.counts(),
+        "last_step": last,
+        "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
+        "nodes": nodes,
+        "time": now,
+    }
+
+
+class _Collector:
+    def __init__(self, store: Store, heartbeat_interval_s: float):
+        self.store = store
+        self.heartbeat_interval_s = heartbeat_interval_s
+
+    def collect(self):
+        snap = snapshot(self.store, self.heartbeat_interval_s)
+        yield GaugeMetricFamily(
+            "swarmgrpo_policy_version", "Newest published policy version", value=snap["policy_version"]
+        )
+        for name, value in snap["counts"].items():
+            kind = GaugeMetricFamily if name.startswith("leases_open") else CounterMetricFamily
+            yield kind(f"swarmgrpo_{name}", f"{name.replace('_', ' ')}", value=value)
+        for key in ("reward_mean", "loss", "grad_norm", "accuracy"):
+            if key in snap["last_step"]:
+                yield GaugeMetricFamily(
+                    f"swarmgrpo_last_step_{key}", f"{key} of the last step", value=snap["last_step"][key]
+                )
+        alive = GaugeMetricFamily("swarmgrpo_node_alive", "1 if the node heartbeats", labels=["node_id"])
+        tps = GaugeMetricFamily("swarmgrpo_node_tokens_per_s", "Generation throughput", labels=["node_id"])
+        tokens = CounterMetricFamily(
+            "swarmgrpo_node_tokens_generated", "Accepted completion tokens", labels=["node_id"]
+        )
+        for n in snap["nodes"]:
+            alive.add_metric([n["node_id"]], float(n["alive"]))
+            tps.add_metric([n["node_id"]], n["tokens_per_s"])
+            tokens.add_metric([n["node_id"]], n["tokens_generated"])
+        yield alive
+        yield tps
+        yield tokens
+
+
+def metrics_text(store: Store, heartbeat_interval_s: float) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(_Collector(store, heartbeat_interval_s))
+    return generate_latest(registry)

@@ -1,0 +1,278 @@
+"""`swarmgrpo node`: a volunteer's daemon.
+
+    probe hardware → load key → join → load the run's model → heartbeats (thread)
+    → loop { rollout: lease → generate G each → score → sign → submit
+           | train:   batch → GRPO step → publish weights → report }
+    → leave (open leases go back to the pool)
+
+Ctrl-C / SIGTERM finish the current call and leave cleanly; `kill -9` loses nothing the
+coordinator already accepted (its lease simply expires and the prompts go to another node).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import swarmgrpo
+from swarmgrpo.node.engines.base import SamplingParams
+from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+from swarmgrpo.node.hardware import probe
+from swarmgrpo.node.weights import FileWeights, WeightTransport, encode, load_into
+from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
+from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.protocol.configtree import from_dict
+from swarmgrpo.protocol.signing import NodeKey
+from swarmgrpo.trainer.checkpoint import TrainerState, save_checkpoint
+from swarmgrpo.trainer.config import TrainConfig
+from swarmgrpo.trainer.models import load_model
+from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.step import GRPOStep
+
+log = logging.getLogger("swarmgrpo.node")
+ROLES = {"rollout": swarm_pb2.ROLE_ROLLOUT, "train": swarm_pb2.ROLE_TRAIN}
+
+
+@dataclass
+class NodeOptions:
+    join: str
+    token: str
+    roles: str = "auto"
+    state_dir: str = "~/.cache/swarmgrpo/node"
+    weights_dir: str = ""
+    """Folder shared by all nodes for weight files (the file transport); empty = libp2p."""
+    weights_dtype: str = "bfloat16"
+    max_prompts: int = 2
+    threads: int = 0
+    initial_peers: list[str] = field(default_factory=list)
+
+
+class Node:
+    def __init__(self, opts: NodeOptions):
+        self.opts = opts
+        self.state_dir = Path(opts.state_dir).expanduser()
+        self.key = NodeKey.load_or_create(self.state_dir / "node.key")
+        self.client = CoordinatorClient(opts.join, self.key)
+        self.stop = threading.Event()
+        self.version = 0
+        self.activity = "starting"
+        self.tokens_per_s = 0.0
+        self.transport: WeightTransport | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> None:
+        caps = probe()
+        if self.opts.threads:
+            torch.set_num_threads(self.opts.threads)
+        roles = [] if self.opts.roles == "auto" else [ROLES[r] for r in self.opts.roles.split(",")]
+        self.transport = self._transport()
+        reply = self.client.join(
+            swarm_pb2.JoinRequest(
+                protocol_version=PROTOCOL_VERSION,
+                join_token=self.opts.token,
+                capabilities=swarm_pb2.Capabilities(**caps),
+                roles=roles,
+                peer_id=getattr(self.transport, "peer_id", ""),
+                peer_addrs=getattr(self.transport, "addrs", []),
+                software_version=swarmgrpo.__version__,
+            )
+        )
+        import tomllib
+
+        self.cfg = from_dict(TrainConfig, tomllib.loads(reply.run_config_toml)["train"])
+        role = "train" if swarm_pb2.ROLE_TRAIN in reply.roles else "rollout"
+        log.info(
+            "joined run '%s' as node %s (%s) at policy %d",
+            reply.run_id,
+            self.key.node_id[:8],
+            role,
+            reply.policy_version,
+        )
+        torch.manual_seed(self.cfg.seed)
+        self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+        autocast = torch.bfloat16 if self.cfg.dtype == "bfloat16" else None
+        self.engine = TransformersEngine(self.model, self.tokenizer, autocast_dtype=autocast)
+        beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_interval_s,), daemon=True)
+        beat.start()
+        reason = "stopped"
+        try:
+            if reply.policy_version > 0:
+                self.sync(self.client.policy())
+            (self.train_loop if role == "train" else self.rollout_loop)()
+            reason = "finished" if not self.stop.is_set() else "stopped"
+        finally:
+            self.stop.set()
+            try:
+                returned = self.client.leave(reason).returned_prompts
+                log.info("left the run (%s); %d leased prompts returned", reason, returned)
+            except Exception as e:  # leaving is best effort: the leases expire anyway
+                log.warning("could not say goodbye to the coordinator: %s", e)
+            self.transport.close()
+            self.client.close()
+
+    def _transport(self) -> WeightTransport:
+        if self.opts.weights_dir:
+            return FileWeights(self.opts.weights_dir)
+        from swarmgrpo.node.p2p_weights import P2PWeights
+
+        return P2PWeights(initial_peers=self.opts.initial_peers)
+
+    def _heartbeats(self, interval: float) -> None:
+        while not self.stop.wait(interval):
+            try:
+                self.client.heartbeat(self.version, self.activity, self.tokens_per_s)
+            except Exception as e:
+                log.warning("heartbeat failed: %s", e)
+
+    def _wait(self, seconds: float) -> None:
+        self.stop.wait(max(seconds, 0.05))
+
+    # ------------------------------------------------------------------ weights
+
+    def sync(self, policy: swarm_pb2.PolicyState) -> None:
+        """Load the newest published version from a peer that holds it."""
+        if policy.policy_version == self.version:
+            return
+        self.activity = "syncing"
+        t0 = time.perf_counter()
+        data = self.transport.fetch(policy.policy_version, policy.weight_hash, policy.holders)
+        load_into(self.model, data, policy.weight_hash)
+        self.version = policy.policy_version
+        log.info(
+            "synced to policy %d (%.1f MB in %.2f s)", self.version, len(data) / 1e6, time.perf_counter() - t0
+        )
+
+    # ------------------------------------------------------------------ roles
+
+    def rollout_loop(self) -> None:
+        while not self.stop.is_set():
+            lease = self.client.lease(self.version, self.opts.max_prompts)
+            if lease.status == swarm_pb2.LEASE_FINISHED:
+                return
+            if lease.status == swarm_pb2.LEASE_RESYNC:
+                self.sync(lease.policy)
+                continue
+            if lease.status == swarm_pb2.LEASE_WAIT:
+                self.activity = "waiting"
+                self._wait(lease.retry_after_s)
+                self._catch_up()
+                continue
+            reply = self.client.submit(self.generate(lease))
+            if reply.status == swarm_pb2.SUBMIT_ACCEPTED:
+                rewards = [r for g in reply.rewards for r in g.rewards]
+                log.info(
+                    "policy %d: %d groups accepted, mean reward %.3f, %.0f tok/s",
+                    lease.policy_version,
+                    reply.accepted_groups,
+                    sum(rewards) / len(rewards),
+                    self.tokens_per_s,
+                )
+            else:
+                log.info("submission %s: %s", swarm_pb2.SubmitStatus.Name(reply.status), reply.message)
+            if reply.policy.policy_version > self.version:
+                self.sync(reply.policy)
+
+    def _catch_up(self) -> None:
+        policy = self.client.policy()
+        if policy.policy_version > self.version and policy.weight_hash:
+            self.sync(policy)
+
+    def generate(self, lease: swarm_pb2.LeaseReply) -> swarm_pb2.SubmitRequest:
+        self.activity = "generating"
+        s = lease.sampling
+        params = SamplingParams(s.max_tokens, s.temperature, s.top_p, s.top_k, seed=s.seed)
+        prompts = [list(p.token_ids) for p in lease.prompts]
+        t0 = time.perf_counter()
+        outs = self.engine.generate(prompts, lease.group_size, params)
+        elapsed = time.perf_counter() - t0
+        req = swarm_pb2.SubmitRequest(
+            lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=elapsed
+        )
+        tokens = 0
+        for p, comps in zip(lease.prompts, outs, strict=True):
+            g = req.groups.add(prompt_index=p.prompt_index)
+            for c in comps:
+                g.completions.add(token_ids=c.token_ids, logprobs=c.logprobs)
+                tokens += len(c.token_ids)
+        self.tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
+        return req
+
+    def train_loop(self) -> None:
+        step = GRPOStep(self.model, self.cfg, self.tokenizer.pad_token_id)
+        step.version = self.version
+        out_dir = self.state_dir / "checkpoints"
+        while not self.stop.is_set():
+            self.activity = "waiting for rollouts"
+            reply = self.client.train_batch(self.version)
+            if reply.status == swarm_pb2.BATCH_FINISHED:
+                return
+            if reply.status == swarm_pb2.BATCH_RESYNC:
+                self.sync(reply.policy)
+                step.version = self.version
+                continue
+            if reply.status == swarm_pb2.BATCH_WAIT:
+                self._wait(reply.retry_after_s)
+                continue
+            self.activity = "training"
+            groups = [
+                RolloutGroup(
+                    prompt_ids=list(g.prompt_token_ids),
+                    completion_ids=[list(c.token_ids) for c in g.completions],
+                    behavior_logprobs=[list(c.logprobs) for c in g.completions],
+                    rewards=list(g.rewards),
+                    policy_version=g.policy_version,
+                )
+                for g in reply.groups
+            ]
+            metrics = step.train(groups)
+            staleness = [self.version - g.policy_version for g in groups]
+            metrics["staleness_mean"] = sum(staleness) / len(staleness)
+            data, sha = encode(self.model, self.opts.weights_dtype)
+            self.transport.publish(self.version + 1, data, sha)
+            result = self.client.report_step(self.version, sha, {k: float(v) for k, v in metrics.items()})
+            if result.status != swarm_pb2.STEP_PUBLISHED:
+                log.warning("step %d not published: %s", self.version, result.message)
+                self._catch_up()
+                continue
+            self.version = step.version = result.policy_version
+            log.info(
+                "step %d → policy %d: reward %.3f±%.3f loss %+.4f staleness %.1f train %.1fs",
+                self.version - 1,
+                self.version,
+                metrics["reward_mean"],
+                metrics["reward_std"],
+                metrics["loss"],
+                metrics["staleness_mean"],
+                metrics["train_s"],
+            )
+            if (
+                self.cfg.save_steps and self.version % self.cfg.save_steps == 0
+            ) or self.version >= self.cfg.max_steps:
+                path = save_checkpoint(
+                    out_dir,
+                    self.model,
+                    self.tokenizer,
+                    step.optimizer,
+                    self.cfg,
+                    TrainerState(self.version, self.version, 0),
+                )
+                log.info("checkpoint %s", path)
+
+
+def main(opts: NodeOptions) -> None:
+    node = Node(opts)
+
+    def _stop(signum, frame):
+        log.info("signal %d: finishing the current call, then leaving", signum)
+        node.stop.set()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    node.run()

@@ -1,0 +1,216 @@
+"""Every field of every incoming request, checked in one place before the coordinator acts on it.
+
+A failed check raises `InvalidRequest(field, problem, fix)`; the coordinator turns it into gRPC
+INVALID_ARGUMENT with that sentence, and stores nothing from the request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from swarmgrpo.protocol import SUPPORTED_PROTOCOL_VERSIONS, swarm_pb2
+
+
+class InvalidRequest(Exception):
+    def __init__(self, field: str, problem: str, fix: str):
+        self.field = field
+        super().__init__(f"{field}: {problem}; {fix}")
+
+
+class IncompatibleProtocol(Exception):
+    """The node speaks a protocol version the coordinator does not (gRPC FAILED_PRECONDITION)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    vocab_size: int
+    group_size: int
+    max_completion_length: int
+    max_prompts_per_lease: int = 64
+    max_string: int = 512
+    max_addrs: int = 16
+
+
+def _check(ok: bool, field: str, problem: str, fix: str) -> None:
+    if not ok:
+        raise InvalidRequest(field, problem, fix)
+
+
+def _auth(auth: swarm_pb2.Auth, *, join: bool) -> None:
+    _check(
+        len(auth.signature) == 64, "auth.signature", "must be a 64-byte ed25519 signature", "sign the request"
+    )
+    if join:
+        _check(
+            len(auth.public_key) == 32,
+            "auth.public_key",
+            "Join needs the 32-byte ed25519 public key",
+            "send it",
+        )
+    _check(
+        len(auth.node_id) == 32,
+        "auth.node_id",
+        "must be 32 hex characters",
+        "use the id derived from the key",
+    )
+
+
+def _short(value: str, field: str, limits: Limits) -> None:
+    _check(
+        len(value) <= limits.max_string, field, f"longer than {limits.max_string} characters", "shorten it"
+    )
+
+
+def join(req: swarm_pb2.JoinRequest, limits: Limits) -> None:
+    _auth(req.auth, join=True)
+    if req.protocol_version not in SUPPORTED_PROTOCOL_VERSIONS:
+        raise IncompatibleProtocol(
+            f"this node speaks protocol {req.protocol_version}, the coordinator speaks "
+            f"{sorted(SUPPORTED_PROTOCOL_VERSIONS)}: install the swarmgrpo version the run owner names"
+        )
+    for name in ("join_token", "peer_id", "software_version"):
+        _short(getattr(req, name), name, limits)
+    _check(
+        len(req.peer_addrs) <= limits.max_addrs, "peer_addrs", f"more than {limits.max_addrs}", "send fewer"
+    )
+    for a in req.peer_addrs:
+        _short(a, "peer_addrs", limits)
+    for r in req.roles:
+        _check(
+            r in (swarm_pb2.ROLE_ROLLOUT, swarm_pb2.ROLE_TRAIN),
+            "roles",
+            f"unknown role {r}",
+            "use rollout/train",
+        )
+    caps = req.capabilities
+    _check(
+        caps.device in ("cpu", "cuda"),
+        "capabilities.device",
+        f"'{caps.device[:20]}' is unknown",
+        "use cpu or cuda",
+    )
+    for name in ("device_name", "compute_capability"):
+        _short(getattr(caps, name), f"capabilities.{name}", limits)
+    _check(len(caps.engines) <= 8, "capabilities.engines", "more than 8", "send fewer")
+
+
+def heartbeat(req: swarm_pb2.HeartbeatRequest, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+    _short(req.activity, "activity", limits)
+    _check(
+        math.isfinite(req.tokens_per_s) and req.tokens_per_s >= 0,
+        "tokens_per_s",
+        "must be finite and >= 0",
+        "fix the node",
+    )
+
+
+def lease(req: swarm_pb2.LeaseRequest, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+    _check(
+        1 <= req.max_prompts <= limits.max_prompts_per_lease,
+        "max_prompts",
+        f"must be 1..{limits.max_prompts_per_lease}, got {req.max_prompts}",
+        "ask for fewer prompts",
+    )
+
+
+def submit(req: swarm_pb2.SubmitRequest, limits: Limits, leased: dict[int, int]) -> None:
+    """`leased` maps each prompt_index of the lease to its prompt length (for nothing but membership
+    today; the prompt itself comes from the coordinator's own stream, never from the node)."""
+    _auth(req.auth, join=False)
+    _short(req.lease_id, "lease_id", limits)
+    _check(
+        math.isfinite(req.generation_s) and req.generation_s >= 0,
+        "generation_s",
+        "must be finite and >= 0",
+        "fix the node",
+    )
+    _check(
+        0 < len(req.groups) <= len(leased),
+        "groups",
+        f"{len(req.groups)} groups for a lease of {len(leased)} prompts",
+        "submit one group per leased prompt",
+    )
+    seen = set()
+    for i, g in enumerate(req.groups):
+        where = f"groups[{i}]"
+        _check(
+            g.prompt_index in leased,
+            f"{where}.prompt_index",
+            f"{g.prompt_index} is not in this lease",
+            "submit only leased prompts",
+        )
+        _check(
+            g.prompt_index not in seen,
+            f"{where}.prompt_index",
+            f"{g.prompt_index} appears twice",
+            "submit each prompt once",
+        )
+        seen.add(g.prompt_index)
+        _check(
+            len(g.completions) == limits.group_size,
+            f"{where}.completions",
+            f"{len(g.completions)} completions, the run's group size is {limits.group_size}",
+            f"sample exactly {limits.group_size} per prompt",
+        )
+        for j, c in enumerate(g.completions):
+            _completion(c, f"{where}.completions[{j}]", limits)
+
+
+def _completion(c: swarm_pb2.Completion, where: str, limits: Limits) -> None:
+    n = len(c.token_ids)
+    _check(
+        n <= limits.max_completion_length,
+        f"{where}.token_ids",
+        f"{n} tokens > max_completion_length {limits.max_completion_length}",
+        "stop sampling at the limit",
+    )
+    _check(
+        len(c.logprobs) == n,
+        f"{where}.logprobs",
+        f"{len(c.logprobs)} log-probs for {n} tokens",
+        "send one per token",
+    )
+    if n and max(c.token_ids) >= limits.vocab_size:
+        raise InvalidRequest(
+            f"{where}.token_ids",
+            f"token id {max(c.token_ids)} outside the vocabulary ({limits.vocab_size})",
+            "use the run's tokenizer",
+        )
+    for lp in c.logprobs:
+        if not (math.isfinite(lp) and lp <= 0.0):
+            raise InvalidRequest(
+                f"{where}.logprobs",
+                f"{lp} is not a finite log-probability <= 0",
+                "send the sampled tokens' log-probs",
+            )
+    _check(
+        math.isfinite(c.reported_reward), f"{where}.reported_reward", "must be finite", "send the reward or 0"
+    )
+
+
+def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+
+
+def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+    h = req.weight_hash
+    _check(
+        len(h) == 64 and all(ch in "0123456789abcdef" for ch in h),
+        "weight_hash",
+        "must be 64 lowercase hex characters (sha256)",
+        "hash the weights file",
+    )
+    _check(len(req.metrics) <= 64, "metrics", "more than 64 entries", "send fewer")
+    for k, v in req.metrics.items():
+        _short(k, "metrics", limits)
+        _check(math.isfinite(v), f"metrics[{k}]", f"{v} is not finite", "send finite metrics")
+
+
+def signed_only(req, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+    if hasattr(req, "reason"):
+        _short(req.reason, "reason", limits)
