@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench clean-venv
+.PHONY: demo test test-slow lint format bench proto clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q trl==1.16.0  # for the comparison only; not a dependency of swarmgrpo
 	$(PY) benchmarks/trainer_vs_trl.py
+
+# Regenerate the wire modules after editing swarmgrpo/protocol/swarm.proto (a test checks they match).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. swarmgrpo/protocol/swarm.proto
 
 clean-venv:
 	rm -rf $(VENV)
