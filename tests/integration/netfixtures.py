@@ -1,0 +1,130 @@
+"""Real coordinator and node processes on loopback, for the network tests and benchmarks.
+
+Everything started here is a child `Popen` of the test and is stopped through that handle (never by
+name); `Network.close` terminates what is still running, then kills what does not stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TOKEN = "test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Path:
+    train = {
+        "model": "tiny",
+        "max_steps": 4,
+        "num_generations": 4,
+        "generation_batch_size": 8,
+        "max_completion_length": 8,
+        "learning_rate": 0.03,
+        "seed": 0,
+    }
+    train.update(overrides.pop("train", {}))
+    top = {
+        "run_id": "test-run",
+        "join_token": TOKEN,
+        "listen": f"127.0.0.1:{port}",
+        "http_listen": "127.0.0.1:0",
+        "state_dir": str(state_dir),
+        "max_staleness": 1,
+        "heartbeat_interval_s": 1.0,
+        "prompts_per_lease": 2,
+    }
+    top.update(overrides)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    lines.append("[train]")
+    lines += [f"{k} = {json.dumps(v)}" for k, v in train.items()]
+    lines += ["[train.task]", 'name = "uppercase"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Network:
+    def __init__(self, root: Path, **overrides):
+        self.root = root
+        self.port = free_port()
+        self.state_dir = root / "coordinator"
+        self.config = write_run_config(root / "run.toml", self.state_dir, self.port, **overrides)
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.coordinator: subprocess.Popen | None = None
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
+        f = log.open("ab")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "swarmgrpo", *args], stdout=f, stderr=subprocess.STDOUT, env=self.env
+        )
+        self.procs.append(p)
+        return p
+
+    def start_coordinator(self, timeout: float = 60.0) -> subprocess.Popen:
+        ports = self.state_dir / "ports.json"
+        ports.unlink(missing_ok=True)
+        self.coordinator = self._spawn(
+            ["coordinator", "--config", str(self.config)], self.root / "coordinator.log"
+        )
+        deadline = time.monotonic() + timeout
+        while not ports.exists():
+            if self.coordinator.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"coordinator did not start:\n{self.log('coordinator')}")
+            time.sleep(0.1)
+        self.http = json.loads(ports.read_text()).get("http")
+        return self.coordinator
+
+    def start_node(self, name: str, roles: str = "auto", *extra: str) -> subprocess.Popen:
+        args = ["node", "--join", self.address, "--token", TOKEN, "--roles", roles]
+        args += ["--state-dir", str(self.root / name), "--weights-dir", str(self.root / "weights"), *extra]
+        return self._spawn(args, self.root / f"{name}.log")
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill9_coordinator(self) -> None:
+        self.coordinator.send_signal(signal.SIGKILL)
+        self.coordinator.wait(10)
+
+    def wait(self, proc: subprocess.Popen, timeout: float, name: str = "") -> int:
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{name or proc.args} still running after {timeout}s:\n{self.logs()}"
+            ) from None
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*.log"))
+        )
+
+    def db(self):
+        import sqlite3
+
+        return sqlite3.connect(self.state_dir / "run.sqlite")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)

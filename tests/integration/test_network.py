@@ -1,0 +1,182 @@
+"""The network for real: a coordinator process (gRPC + SQLite) and node processes on loopback.
+
+Some tests drive the coordinator directly with a signed client, playing a rollout node or a trainer,
+so that every refusal (token, protocol, replay, bad field, staleness, expired lease) is checked
+against the real server and its database.
+"""
+
+import hashlib
+import json
+import urllib.request
+
+import grpc
+import pytest
+
+from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
+from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
+from swarmgrpo.protocol.signing import NodeKey
+from tests.integration.netfixtures import TOKEN, Network
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def network(tmp_path, request):
+    overrides = getattr(request, "param", {})
+    net = Network(tmp_path, **overrides)
+    yield net
+    net.close()
+
+
+def _join(net, key=None, token=TOKEN, protocol=PROTOCOL_VERSION, roles=(swarm_pb2.ROLE_ROLLOUT,)):
+    client = CoordinatorClient(net.address, key or NodeKey.generate(), patience_s=20)
+    reply = client.join(
+        swarm_pb2.JoinRequest(
+            protocol_version=protocol,
+            join_token=token,
+            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+            roles=list(roles),
+        )
+    )
+    return client, reply
+
+
+def _fake_groups(lease, tokens=(5, 6, 7), reported=1.0):
+    req = swarm_pb2.SubmitRequest(
+        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=0.1
+    )
+    for p in lease.prompts:
+        g = req.groups.add(prompt_index=p.prompt_index)
+        for _ in range(lease.group_size):
+            g.completions.add(token_ids=list(tokens), logprobs=[-1.0] * len(tokens), reported_reward=reported)
+    return req
+
+
+def _count(net, sql):
+    with net.db() as db:
+        return db.execute(sql).fetchone()[0]
+
+
+def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train")
+    nodes = [network.start_node(f"rollout{i}", "rollout") for i in range(2)]
+    for p, name in [(trainer, "trainer"), *((n, f"rollout{i}") for i, n in enumerate(nodes))]:
+        assert network.wait(p, 240, name) == 0, network.logs()
+    with network.db() as db:
+        versions = db.execute(
+            "SELECT version, weight_hash, node_id FROM versions ORDER BY version"
+        ).fetchall()
+        assert [v for v, _, _ in versions] == [1, 2, 3, 4]
+        per_node = dict(
+            db.execute("SELECT node_id, rollouts_accepted FROM nodes WHERE rollouts_accepted > 0")
+        )
+        assert len(per_node) == 2, "both rollout nodes contributed"
+        trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
+        assert trained == 4 * 2  # steps × prompts per step
+        stale = db.execute(
+            "SELECT MAX(v.version - 1 - r.policy_version) FROM rollouts r JOIN versions v ON v.version = r.step + 1"
+        ).fetchone()[0]
+        assert stale <= 1, "max_staleness = 1 was exceeded"
+    final = (network.root / "weights" / "v000004.safetensors").read_bytes()
+    assert hashlib.sha256(final).hexdigest() == versions[-1][1], (
+        "published hash is the hash of the weights served"
+    )
+    assert "left the run (finished)" in network.log("rollout0")
+    status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
+    assert status["policy_version"] == 4 and status["counts"]["rollouts_trained"] == 8
+    metrics = urllib.request.urlopen(f"http://{network.http}/metrics", timeout=10).read().decode()
+    assert "swarmgrpo_policy_version 4.0" in metrics
+
+
+def test_refusals_name_the_problem_and_store_nothing(network):
+    network.start_coordinator()
+    with pytest.raises(CoordinatorError) as e:
+        _join(network, token="wrong")
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "join token" in str(e.value)
+    with pytest.raises(CoordinatorError) as e:
+        _join(network, protocol=PROTOCOL_VERSION + 1)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "protocol" in str(e.value)
+    stranger = CoordinatorClient(network.address, NodeKey.generate(), patience_s=5)
+    with pytest.raises(CoordinatorError) as e:
+        stranger.lease(0, 1)
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED and "join first" in str(e.value)
+
+    client, _ = _join(network)
+    lease = client.lease(0, 2)
+    assert lease.status == swarm_pb2.LEASE_GRANTED and len(lease.prompts) == 2
+    bad = _fake_groups(lease, tokens=(5, 10**6))
+    with pytest.raises(CoordinatorError) as e:
+        client.submit(bad)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in str(e.value)
+    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 0
+
+    # A captured request sent again is refused, even though its signature is valid.
+    req = client.key.sign("Lease", swarm_pb2.LeaseRequest(policy_version=0, max_prompts=1))
+    client.stub.Lease(req, timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        client.stub.Lease(req, timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "replay" in e.value.details()
+
+    # The node's rewards are ignored: the coordinator scores "\x05\x06\x07"-like tokens itself.
+    reply = client.submit(_fake_groups(lease, reported=1.0))
+    assert reply.status == swarm_pb2.SUBMIT_ACCEPTED
+    stored = [json.loads(r[0]) for r in network.db().execute("SELECT rewards FROM rollouts")]
+    assert all(r != 1.0 for rs in stored for r in rs)
+    assert client.submit(_fake_groups(lease)).status == swarm_pb2.SUBMIT_DUPLICATE
+    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 2
+
+
+@pytest.mark.parametrize("network", [{"max_staleness": 0, "lease_timeout_s": 2.0}], indirect=True)
+def test_staleness_bound_and_lease_expiry(network):
+    import time
+
+    network.start_coordinator()
+    rollout, _ = _join(network)
+    trainer, _ = _join(network, roles=(swarm_pb2.ROLE_TRAIN,))
+    first = rollout.lease(0, 2)
+    assert rollout.lease(0, 2).status == swarm_pb2.LEASE_WAIT, "k = 0: step 0's prompts are all out"
+    old = rollout.lease  # a second lease at version 0 that will go stale
+    time.sleep(2.5)  # first lease expires; its prompts return to the pool
+    assert rollout.submit(_fake_groups(first)).status == swarm_pb2.SUBMIT_EXPIRED
+    again = old(0, 2)
+    assert again.status == swarm_pb2.LEASE_GRANTED
+    assert [p.prompt_index for p in again.prompts] == [p.prompt_index for p in first.prompts], (
+        "expired prompts re-leased"
+    )
+    assert rollout.submit(_fake_groups(again)).status == swarm_pb2.SUBMIT_ACCEPTED
+    assert trainer.train_batch(1).status == swarm_pb2.BATCH_RESYNC
+    batch = trainer.train_batch(0)
+    assert batch.status == swarm_pb2.BATCH_READY and len(batch.groups) == 2
+    assert trainer.report_step(0, "ab" * 32, {"loss": 0.1}).status == swarm_pb2.STEP_PUBLISHED
+    assert trainer.report_step(0, "cd" * 32, {}).status == swarm_pb2.STEP_REJECTED, "a step is published once"
+    resync = rollout.lease(0, 2)
+    assert resync.status == swarm_pb2.LEASE_RESYNC and "max_staleness=0" in resync.message
+    assert resync.policy.policy_version == 1 and resync.policy.weight_hash == "ab" * 32
+
+
+def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
+    network.start_coordinator()
+    client, _ = _join(network)
+    lease = client.lease(0, 2)
+    assert client.submit(_fake_groups(lease)).status == swarm_pb2.SUBMIT_ACCEPTED
+    open_lease = client.lease(0, 2)
+    network.kill9_coordinator()
+    network.start_coordinator()
+    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 2
+    # The node's identity, its open lease and the accepted rollouts all survived.
+    assert client.submit(_fake_groups(open_lease)).status == swarm_pb2.SUBMIT_ACCEPTED
+    trainer = network.start_node("trainer", "train")
+    node = network.start_node("rollout", "rollout")
+    assert network.wait(trainer, 240, "trainer") == 0, network.logs()
+    assert network.wait(node, 60, "rollout") == 0, network.logs()
+    assert _count(network, "SELECT MAX(version) FROM versions") == 4
+    before_crash = sorted(p.prompt_index for p in [*lease.prompts, *open_lease.prompts])
+    steps = (
+        network.db()
+        .execute("SELECT prompt_index, step FROM rollouts ORDER BY prompt_index LIMIT 4")
+        .fetchall()
+    )
+    assert steps == [(i, i // 2) for i in before_crash], (
+        "steps 0 and 1 trained the rollouts accepted around the crash"
+    )
