@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/swarmgrpo train --config deploy/demo.toml
+	$(VENV)/bin/swarmgrpo demo --config deploy/demo.toml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

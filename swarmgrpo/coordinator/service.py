@@ -287,7 +287,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 state="open",
             )
             self.store.add_lease(lease)
-            self.store.touch_node(node_id, activity="generating")
+            self.store.touch_node(node_id, activity="generating", policy_version=request.policy_version)
         t = self.cfg.train
         reply.status = swarm_pb2.LEASE_GRANTED
         reply.lease_id = lease.lease_id

@@ -1,0 +1,152 @@
+"""`swarmgrpo demo` (what `make demo` runs): a whole network on one machine.
+
+    eval the start model → coordinator + 1 trainer + N rollout nodes, each its own process on
+    loopback → live view until max_steps → eval the trainer's final checkpoint → summary
+
+It sits on top of coordinator and node (like the CLI) and talks to them only as a user would:
+by starting processes and reading the coordinator's status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.view import render
+from swarmgrpo.protocol.errors import UserError
+
+
+def _eval(model_path: str, cfg: RunConfig, label: str) -> dict:
+    import torch
+
+    from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+    from swarmgrpo.node.evaluate import evaluate
+    from swarmgrpo.trainer.models import load_model
+    from swarmgrpo.trainer.tasks import make_task
+
+    t = cfg.train
+    model, tok = load_model(model_path, seed=t.seed)
+    autocast = torch.bfloat16 if t.dtype == "bfloat16" else None
+    result = evaluate(
+        TransformersEngine(model, tok, autocast_dtype=autocast),
+        tok,
+        make_task(t.task),
+        t.eval_n,
+        t.max_completion_length,
+        t.max_prompt_length,
+    )
+    print(f"held-out accuracy {label}: {result.accuracy:.1%} ({result.correct}/{result.n})", flush=True)
+    return {"accuracy": result.accuracy, "n": result.n}
+
+
+class _Procs:
+    def __init__(self, root: Path):
+        self.root = root
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = (self.root / f"{name}.log").open("ab")
+        cmd = [sys.executable, "-m", "swarmgrpo", *args]
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self.procs[name]
+
+    def failed(self) -> str | None:
+        for name, p in self.procs.items():
+            if p.poll() not in (None, 0):
+                tail = (self.root / f"{name}.log").read_text(errors="replace")[-1500:]
+                return f"{name} exited with {p.returncode}; its log ends:\n{tail}"
+        return None
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p") -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cfg.state_dir = str(out / "coordinator")
+    cfg.join_token = cfg.join_token or secrets.token_hex(8)
+    config_path = out / "run.toml"
+    from swarmgrpo.protocol.configtree import render_toml
+
+    config_path.write_text(render_toml(cfg))
+    summary: dict = {"processes": 2 + rollout_nodes}
+    t0 = time.time()
+    if cfg.train.eval_n:
+        summary["eval_before"] = _eval(cfg.train.model, cfg, "before")
+    procs = _Procs(out)
+    try:
+        procs.start("coordinator", ["coordinator", "--config", str(config_path)])
+        ports = out / "coordinator" / "ports.json"
+        while not ports.exists():
+            if msg := procs.failed():
+                raise UserError(msg)
+            time.sleep(0.2)
+        addr = json.loads(ports.read_text())
+        print(f"coordinator: gRPC {addr['grpc']}, status http://{addr['http']}/status", flush=True)
+        node_args = ["--join", addr["grpc"], "--token", cfg.join_token]
+        if weights == "file":
+            node_args += ["--weights-dir", str(out / "weights")]
+        procs.start("trainer", ["node", *node_args, "--roles", "train", "--state-dir", str(out / "trainer")])
+        for i in range(rollout_nodes):
+            procs.start(
+                f"rollout{i}",
+                ["node", *node_args, "--roles", "rollout", "--state-dir", str(out / f"rollout{i}")],
+            )
+        snap = _watch(addr["http"], cfg, procs)
+        summary["train_wall_s"] = time.time() - t0
+    finally:
+        procs.stop()
+    checkpoint = out / "trainer" / "checkpoints" / f"checkpoint-{cfg.train.max_steps}"
+    summary["checkpoint"] = str(checkpoint)
+    summary["steps"] = snap["steps"]
+    if cfg.train.eval_n:
+        summary["eval_after"] = _eval(str(checkpoint), cfg, "after")
+    summary["wall_s"] = time.time() - t0
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"checkpoint: {checkpoint}\nsummary: {out / 'summary.json'}", flush=True)
+    return summary
+
+
+def _watch(http: str, cfg: RunConfig, procs: _Procs) -> dict:
+    """Print a line per published version and the node table every 15 s, until max_steps."""
+    shown, last_table = 0, 0.0
+    while True:
+        if msg := procs.failed():
+            raise UserError(msg)
+        try:
+            snap = json.loads(urllib.request.urlopen(f"http://{http}/status", timeout=10).read())
+        except OSError:
+            time.sleep(1)
+            continue
+        for s in snap["steps"][shown:]:
+            print(
+                f"step {s['version']:>3}/{cfg.train.max_steps}  reward {s.get('reward_mean', 0):.3f}"
+                f"±{s.get('reward_std', 0):.3f}  loss {s.get('loss', 0):+.4f}  staleness {s.get('staleness_mean', 0):.1f}"
+                f"  train {s.get('train_s', 0):.1f}s",
+                flush=True,
+            )
+        shown = len(snap["steps"])
+        if time.time() - last_table > 15 or snap["policy_version"] >= cfg.train.max_steps:
+            print(render(snap), flush=True)
+            last_table = time.time()
+        if snap["policy_version"] >= cfg.train.max_steps:
+            return snap
+        time.sleep(1)
