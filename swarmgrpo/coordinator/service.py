@@ -89,11 +89,11 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     async def _checked(self, method: str, request, context, check):
         """Signature, replay and field checks; aborts the RPC with a status a volunteer can act on."""
         try:
-            check(request, self.limits)
             key = request.auth.public_key if method == "Join" else self.store.node_key(request.auth.node_id)
             if key is None:
                 raise AuthError("unknown node: join first (swarmgrpo node --join HOST:PORT --token T)")
-            verify(method, request, key)
+            verify(method, request, key)  # before any field check: strangers learn nothing
+            check(request, self.limits)
             with self.store.tx():
                 self.replay.check(request.auth)
         except validate.IncompatibleProtocol as e:

@@ -133,34 +133,38 @@ class P2PWeights(WeightTransport):
         stream = await asyncio.wait_for(
             self._p2p.iterate_protobuf_handler(peer, PROTOCOL, request, swarm_pb2.WeightChunk), self.timeout
         )
-        buf, total, sha = bytearray(), None, None
         try:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(anext(stream), self.timeout)
-                except StopAsyncIteration:
-                    break
-                if chunk.error:
-                    raise WeightError(chunk.error)
-                if total is None:
-                    total, sha = chunk.total_bytes, chunk.sha256
-                if chunk.offset != len(buf) or (chunk.total_bytes, chunk.sha256) != (total, sha):
-                    raise WeightError(
-                        f"chunk at offset {chunk.offset} after {len(buf)} bytes: stream corrupt"
-                    )
-                buf += chunk.data
-                if len(buf) > total:
-                    raise WeightError(f"sent more than the announced {total} bytes")
+            return await self._receive(stream, expected)
         finally:
             await stream.aclose()
-        if total is None or len(buf) != total:
-            raise WeightError(f"stream ended after {len(buf)} of {total or '?'} bytes")
-        digest = hashlib.sha256(buf).hexdigest()
-        if digest != sha or (expected and digest != expected):
-            raise WeightError(
-                f"sha256 {digest[:12]}… is not the published {(expected or sha)[:12]}…: refused"
-            )
-        return bytes(buf)
+
+    async def _receive(self, stream, expected: str) -> bytes:
+        parts, size, total, claimed, hasher = [], 0, None, "", hashlib.sha256()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(stream), self.timeout)
+            except StopAsyncIteration:
+                break
+            if chunk.error:
+                raise WeightError(chunk.error)
+            if total is None:
+                total, claimed = chunk.total_bytes, chunk.sha256
+                if expected and claimed != expected:  # refuse before spending bandwidth on it
+                    raise WeightError(
+                        f"holder's file has sha256 {claimed[:12]}…, not the published {expected[:12]}…"
+                    )
+            if chunk.offset != size or (chunk.total_bytes, chunk.sha256) != (total, claimed):
+                raise WeightError(f"chunk at offset {chunk.offset} after {size} bytes: stream corrupt")
+            parts.append(chunk.data)
+            hasher.update(chunk.data)
+            size += len(chunk.data)
+            if size > total:
+                raise WeightError(f"holder sent more than the {total} bytes it announced")
+        if total is None or size != total:
+            raise WeightError(f"stream ended after {size} of {total if total is not None else '?'} bytes")
+        if hasher.hexdigest() != claimed:
+            raise WeightError(f"received bytes hash to {hasher.hexdigest()[:12]}…, not {claimed[:12]}…")
+        return b"".join(parts)
 
     def close(self) -> None:
         if self._p2p is not None:

@@ -69,6 +69,7 @@ class NodeKey:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
         with os.fdopen(fd, "wb") as f:
             f.write(
                 key._key.private_bytes(

@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -44,7 +42,6 @@ class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_STATUS_UNSPECIFIED: _ClassVar[StepStatus]
     STEP_PUBLISHED: _ClassVar[StepStatus]
     STEP_REJECTED: _ClassVar[StepStatus]
-
 ROLE_UNSPECIFIED: Role
 ROLE_ROLLOUT: Role
 ROLE_TRAIN: Role
@@ -68,7 +65,7 @@ STEP_PUBLISHED: StepStatus
 STEP_REJECTED: StepStatus
 
 class Auth(_message.Message):
-    __slots__ = ("node_id", "nonce", "public_key", "signature", "timestamp_ms")
+    __slots__ = ("node_id", "public_key", "nonce", "timestamp_ms", "signature")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
@@ -79,26 +76,10 @@ class Auth(_message.Message):
     nonce: int
     timestamp_ms: int
     signature: bytes
-    def __init__(
-        self,
-        node_id: str | None = ...,
-        public_key: bytes | None = ...,
-        nonce: int | None = ...,
-        timestamp_ms: int | None = ...,
-        signature: bytes | None = ...,
-    ) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., public_key: _Optional[bytes] = ..., nonce: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = (
-        "compute_capability",
-        "cpu_cores",
-        "device",
-        "device_memory_bytes",
-        "device_name",
-        "engines",
-        "fp8",
-        "memory_bytes",
-    )
+    __slots__ = ("device", "device_name", "memory_bytes", "device_memory_bytes", "compute_capability", "fp8", "cpu_cores", "engines")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -115,29 +96,10 @@ class Capabilities(_message.Message):
     fp8: bool
     cpu_cores: int
     engines: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        device: str | None = ...,
-        device_name: str | None = ...,
-        memory_bytes: int | None = ...,
-        device_memory_bytes: int | None = ...,
-        compute_capability: str | None = ...,
-        fp8: bool | None = ...,
-        cpu_cores: int | None = ...,
-        engines: _Iterable[str] | None = ...,
-    ) -> None: ...
+    def __init__(self, device: _Optional[str] = ..., device_name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., device_memory_bytes: _Optional[int] = ..., compute_capability: _Optional[str] = ..., fp8: _Optional[bool] = ..., cpu_cores: _Optional[int] = ..., engines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = (
-        "auth",
-        "capabilities",
-        "join_token",
-        "peer_addrs",
-        "peer_id",
-        "protocol_version",
-        "roles",
-        "software_version",
-    )
+    __slots__ = ("auth", "protocol_version", "join_token", "capabilities", "roles", "peer_id", "peer_addrs", "software_version")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -154,29 +116,10 @@ class JoinRequest(_message.Message):
     peer_id: str
     peer_addrs: _containers.RepeatedScalarFieldContainer[str]
     software_version: str
-    def __init__(
-        self,
-        auth: Auth | _Mapping | None = ...,
-        protocol_version: int | None = ...,
-        join_token: str | None = ...,
-        capabilities: Capabilities | _Mapping | None = ...,
-        roles: _Iterable[Role | str] | None = ...,
-        peer_id: str | None = ...,
-        peer_addrs: _Iterable[str] | None = ...,
-        software_version: str | None = ...,
-    ) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., protocol_version: _Optional[int] = ..., join_token: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., peer_id: _Optional[str] = ..., peer_addrs: _Optional[_Iterable[str]] = ..., software_version: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = (
-        "heartbeat_interval_s",
-        "initial_peers",
-        "node_id",
-        "policy_version",
-        "protocol_version",
-        "roles",
-        "run_config_toml",
-        "run_id",
-    )
+    __slots__ = ("node_id", "protocol_version", "run_id", "run_config_toml", "policy_version", "roles", "initial_peers", "heartbeat_interval_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -193,20 +136,10 @@ class JoinReply(_message.Message):
     roles: _containers.RepeatedScalarFieldContainer[Role]
     initial_peers: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_s: float
-    def __init__(
-        self,
-        node_id: str | None = ...,
-        protocol_version: int | None = ...,
-        run_id: str | None = ...,
-        run_config_toml: str | None = ...,
-        policy_version: int | None = ...,
-        roles: _Iterable[Role | str] | None = ...,
-        initial_peers: _Iterable[str] | None = ...,
-        heartbeat_interval_s: float | None = ...,
-    ) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., protocol_version: _Optional[int] = ..., run_id: _Optional[str] = ..., run_config_toml: _Optional[str] = ..., policy_version: _Optional[int] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ...) -> None: ...
 
 class WeightHolder(_message.Message):
-    __slots__ = ("node_id", "peer_addrs", "peer_id", "policy_version")
+    __slots__ = ("node_id", "peer_id", "peer_addrs", "policy_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRS_FIELD_NUMBER: _ClassVar[int]
@@ -215,16 +148,10 @@ class WeightHolder(_message.Message):
     peer_id: str
     peer_addrs: _containers.RepeatedScalarFieldContainer[str]
     policy_version: int
-    def __init__(
-        self,
-        node_id: str | None = ...,
-        peer_id: str | None = ...,
-        peer_addrs: _Iterable[str] | None = ...,
-        policy_version: int | None = ...,
-    ) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., peer_addrs: _Optional[_Iterable[str]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("activity", "auth", "policy_version", "tokens_per_s")
+    __slots__ = ("auth", "policy_version", "activity", "tokens_per_s")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
@@ -233,16 +160,10 @@ class HeartbeatRequest(_message.Message):
     policy_version: int
     activity: str
     tokens_per_s: float
-    def __init__(
-        self,
-        auth: Auth | _Mapping | None = ...,
-        policy_version: int | None = ...,
-        activity: str | None = ...,
-        tokens_per_s: float | None = ...,
-    ) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., activity: _Optional[str] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class PolicyState(_message.Message):
-    __slots__ = ("finished", "holders", "max_staleness", "policy_version", "weight_hash")
+    __slots__ = ("policy_version", "weight_hash", "holders", "max_staleness", "finished")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
@@ -253,32 +174,20 @@ class PolicyState(_message.Message):
     holders: _containers.RepeatedCompositeFieldContainer[WeightHolder]
     max_staleness: int
     finished: bool
-    def __init__(
-        self,
-        policy_version: int | None = ...,
-        weight_hash: str | None = ...,
-        holders: _Iterable[WeightHolder | _Mapping] | None = ...,
-        max_staleness: int | None = ...,
-        finished: bool | None = ...,
-    ) -> None: ...
+    def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("auth", "max_prompts", "policy_version")
+    __slots__ = ("auth", "policy_version", "max_prompts")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     policy_version: int
     max_prompts: int
-    def __init__(
-        self,
-        auth: Auth | _Mapping | None = ...,
-        policy_version: int | None = ...,
-        max_prompts: int | None = ...,
-    ) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., max_prompts: _Optional[int] = ...) -> None: ...
 
 class Sampling(_message.Message):
-    __slots__ = ("max_tokens", "seed", "temperature", "top_k", "top_p")
+    __slots__ = ("temperature", "top_p", "top_k", "max_tokens", "seed")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -289,14 +198,7 @@ class Sampling(_message.Message):
     top_k: int
     max_tokens: int
     seed: int
-    def __init__(
-        self,
-        temperature: float | None = ...,
-        top_p: float | None = ...,
-        top_k: int | None = ...,
-        max_tokens: int | None = ...,
-        seed: int | None = ...,
-    ) -> None: ...
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("prompt_index", "token_ids")
@@ -304,21 +206,10 @@ class Prompt(_message.Message):
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     prompt_index: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, prompt_index: int | None = ..., token_ids: _Iterable[int] | None = ...) -> None: ...
+    def __init__(self, prompt_index: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LeaseReply(_message.Message):
-    __slots__ = (
-        "deadline_ms",
-        "group_size",
-        "lease_id",
-        "message",
-        "policy",
-        "policy_version",
-        "prompts",
-        "retry_after_s",
-        "sampling",
-        "status",
-    )
+    __slots__ = ("status", "lease_id", "policy_version", "prompts", "group_size", "sampling", "deadline_ms", "retry_after_s", "message", "policy")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -339,49 +230,28 @@ class LeaseReply(_message.Message):
     retry_after_s: float
     message: str
     policy: PolicyState
-    def __init__(
-        self,
-        status: LeaseStatus | str | None = ...,
-        lease_id: str | None = ...,
-        policy_version: int | None = ...,
-        prompts: _Iterable[Prompt | _Mapping] | None = ...,
-        group_size: int | None = ...,
-        sampling: Sampling | _Mapping | None = ...,
-        deadline_ms: int | None = ...,
-        retry_after_s: float | None = ...,
-        message: str | None = ...,
-        policy: PolicyState | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, status: _Optional[_Union[LeaseStatus, str]] = ..., lease_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., group_size: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., deadline_ms: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("logprobs", "reported_reward", "token_ids")
+    __slots__ = ("token_ids", "logprobs", "reported_reward")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_REWARD_FIELD_NUMBER: _ClassVar[int]
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     reported_reward: float
-    def __init__(
-        self,
-        token_ids: _Iterable[int] | None = ...,
-        logprobs: _Iterable[float] | None = ...,
-        reported_reward: float | None = ...,
-    ) -> None: ...
+    def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., reported_reward: _Optional[float] = ...) -> None: ...
 
 class Group(_message.Message):
-    __slots__ = ("completions", "prompt_index")
+    __slots__ = ("prompt_index", "completions")
     PROMPT_INDEX_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     prompt_index: int
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
-    def __init__(
-        self,
-        prompt_index: int | None = ...,
-        completions: _Iterable[Completion | _Mapping] | None = ...,
-    ) -> None: ...
+    def __init__(self, prompt_index: _Optional[int] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("auth", "generation_s", "groups", "lease_id", "policy_version")
+    __slots__ = ("auth", "lease_id", "policy_version", "groups", "generation_s")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -392,17 +262,10 @@ class SubmitRequest(_message.Message):
     policy_version: int
     groups: _containers.RepeatedCompositeFieldContainer[Group]
     generation_s: float
-    def __init__(
-        self,
-        auth: Auth | _Mapping | None = ...,
-        lease_id: str | None = ...,
-        policy_version: int | None = ...,
-        groups: _Iterable[Group | _Mapping] | None = ...,
-        generation_s: float | None = ...,
-    ) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., lease_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., generation_s: _Optional[float] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("accepted_groups", "message", "policy", "rewards", "status")
+    __slots__ = ("status", "accepted_groups", "rewards", "message", "policy")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_GROUPS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
@@ -413,20 +276,13 @@ class SubmitReply(_message.Message):
     rewards: _containers.RepeatedCompositeFieldContainer[GroupRewards]
     message: str
     policy: PolicyState
-    def __init__(
-        self,
-        status: SubmitStatus | str | None = ...,
-        accepted_groups: int | None = ...,
-        rewards: _Iterable[GroupRewards | _Mapping] | None = ...,
-        message: str | None = ...,
-        policy: PolicyState | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, status: _Optional[_Union[SubmitStatus, str]] = ..., accepted_groups: _Optional[int] = ..., rewards: _Optional[_Iterable[_Union[GroupRewards, _Mapping]]] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ...) -> None: ...
 
 class GroupRewards(_message.Message):
     __slots__ = ("rewards",)
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     rewards: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, rewards: _Iterable[float] | None = ...) -> None: ...
+    def __init__(self, rewards: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrainBatchRequest(_message.Message):
     __slots__ = ("auth", "step")
@@ -434,10 +290,10 @@ class TrainBatchRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
-    def __init__(self, auth: Auth | _Mapping | None = ..., step: int | None = ...) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ...) -> None: ...
 
 class TrainGroup(_message.Message):
-    __slots__ = ("completions", "policy_version", "prompt_index", "prompt_token_ids", "rewards")
+    __slots__ = ("prompt_index", "prompt_token_ids", "completions", "rewards", "policy_version")
     PROMPT_INDEX_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
@@ -448,17 +304,10 @@ class TrainGroup(_message.Message):
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
     rewards: _containers.RepeatedScalarFieldContainer[float]
     policy_version: int
-    def __init__(
-        self,
-        prompt_index: int | None = ...,
-        prompt_token_ids: _Iterable[int] | None = ...,
-        completions: _Iterable[Completion | _Mapping] | None = ...,
-        rewards: _Iterable[float] | None = ...,
-        policy_version: int | None = ...,
-    ) -> None: ...
+    def __init__(self, prompt_index: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., rewards: _Optional[_Iterable[float]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class TrainBatchReply(_message.Message):
-    __slots__ = ("groups", "message", "policy", "retry_after_s", "status", "step")
+    __slots__ = ("status", "step", "groups", "retry_after_s", "message", "policy")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
@@ -471,26 +320,17 @@ class TrainBatchReply(_message.Message):
     retry_after_s: float
     message: str
     policy: PolicyState
-    def __init__(
-        self,
-        status: BatchStatus | str | None = ...,
-        step: int | None = ...,
-        groups: _Iterable[TrainGroup | _Mapping] | None = ...,
-        retry_after_s: float | None = ...,
-        message: str | None = ...,
-        policy: PolicyState | _Mapping | None = ...,
-    ) -> None: ...
+    def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("auth", "metrics", "step", "weight_hash")
+    __slots__ = ("auth", "step", "weight_hash", "metrics")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
-        def __init__(self, key: str | None = ..., value: float | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     AUTH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -499,28 +339,17 @@ class StepReport(_message.Message):
     step: int
     weight_hash: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(
-        self,
-        auth: Auth | _Mapping | None = ...,
-        step: int | None = ...,
-        weight_hash: str | None = ...,
-        metrics: _Mapping[str, float] | None = ...,
-    ) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class StepReply(_message.Message):
-    __slots__ = ("message", "policy_version", "status")
+    __slots__ = ("status", "policy_version", "message")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     status: StepStatus
     policy_version: int
     message: str
-    def __init__(
-        self,
-        status: StepStatus | str | None = ...,
-        policy_version: int | None = ...,
-        message: str | None = ...,
-    ) -> None: ...
+    def __init__(self, status: _Optional[_Union[StepStatus, str]] = ..., policy_version: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("auth", "reason")
@@ -528,19 +357,19 @@ class LeaveRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     reason: str
-    def __init__(self, auth: Auth | _Mapping | None = ..., reason: str | None = ...) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class LeaveReply(_message.Message):
     __slots__ = ("returned_prompts",)
     RETURNED_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     returned_prompts: int
-    def __init__(self, returned_prompts: int | None = ...) -> None: ...
+    def __init__(self, returned_prompts: _Optional[int] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
     __slots__ = ("auth",)
     AUTH_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
-    def __init__(self, auth: Auth | _Mapping | None = ...) -> None: ...
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -550,16 +379,16 @@ class StatusReply(_message.Message):
     __slots__ = ("status_json",)
     STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
     status_json: str
-    def __init__(self, status_json: str | None = ...) -> None: ...
+    def __init__(self, status_json: _Optional[str] = ...) -> None: ...
 
 class WeightRequest(_message.Message):
     __slots__ = ("policy_version",)
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
-    def __init__(self, policy_version: int | None = ...) -> None: ...
+    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
 
 class WeightChunk(_message.Message):
-    __slots__ = ("data", "error", "offset", "policy_version", "sha256", "total_bytes")
+    __slots__ = ("policy_version", "offset", "data", "total_bytes", "sha256", "error")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -572,12 +401,4 @@ class WeightChunk(_message.Message):
     total_bytes: int
     sha256: str
     error: str
-    def __init__(
-        self,
-        policy_version: int | None = ...,
-        offset: int | None = ...,
-        data: bytes | None = ...,
-        total_bytes: int | None = ...,
-        sha256: str | None = ...,
-        error: str | None = ...,
-    ) -> None: ...
+    def __init__(self, policy_version: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
