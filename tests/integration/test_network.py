@@ -180,3 +180,21 @@ def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
     assert steps == [(i, i // 2) for i in before_crash], (
         "steps 0 and 1 trained the rollouts accepted around the crash"
     )
+
+
+def test_sigterm_leaves_cleanly(network):
+    import signal
+    import time
+
+    network.start_coordinator()
+    node = network.start_node("rollout", "rollout")
+    deadline = time.monotonic() + 120
+    while _count(network, "SELECT COUNT(*) FROM rollouts") < 2:  # no trainer: it fills step 0 and waits
+        assert time.monotonic() < deadline and node.poll() is None, network.logs()
+        time.sleep(0.5)
+    node.send_signal(signal.SIGTERM)
+    assert network.wait(node, 30, "rollout") == 0
+    assert "left the run (stopped)" in network.log("rollout")
+    with network.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
+        assert db.execute("SELECT COUNT(*) FROM leases WHERE state = 'open'").fetchone()[0] == 0
