@@ -7,6 +7,8 @@ against the real server and its database.
 
 import hashlib
 import json
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -125,6 +127,25 @@ def test_refusals_name_the_problem_and_store_nothing(network):
     assert all(r != 1.0 for rs in stored for r in rs)
     assert client.submit(_fake_groups(lease)).status == swarm_pb2.SUBMIT_DUPLICATE
     assert _count(network, "SELECT COUNT(*) FROM rollouts") == 2
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "swarmgrpo", "status", "--coordinator", network.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=network.env,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "policy version 0" in shown.stdout and "rollouts accepted 2" in shown.stdout
+    assert client.key.node_id[:8] in shown.stdout
+    nobody = subprocess.run(
+        [sys.executable, "-m", "swarmgrpo", "status", "--coordinator", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=network.env,
+    )
+    assert nobody.returncode == 2 and nobody.stderr.startswith("error: no coordinator answered")
 
 
 @pytest.mark.parametrize("network", [{"max_staleness": 0, "lease_timeout_s": 2.0}], indirect=True)
