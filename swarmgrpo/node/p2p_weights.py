@@ -124,10 +124,7 @@ class P2PWeights(WeightTransport):
         peer = PeerID.from_base58(holder.peer_id)
         # p2pd's CONNECT misparses addresses that end in /p2p/<id> ("length greater than remaining
         # number of bytes in buffer"): give it the transport part only.
-        suffix = Multiaddr(f"/p2p/{holder.peer_id}")
-        addrs = [
-            Multiaddr(a).decapsulate(suffix) if "/p2p/" in a else Multiaddr(a) for a in holder.peer_addrs
-        ]
+        addrs = [Multiaddr(a).decapsulate(f"/p2p/{holder.peer_id}") for a in holder.peer_addrs]
         await asyncio.wait_for(self._p2p._client.connect(peer, addrs), self.timeout)
         request = swarm_pb2.WeightRequest(policy_version=version)
         stream = await asyncio.wait_for(

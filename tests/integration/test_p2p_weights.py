@@ -1,0 +1,174 @@
+"""P2PWeights between real peers: a holder in its own process, the fetcher in the test process."""
+
+import glob
+import hashlib
+import json
+import os
+import random
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from swarmgrpo.node.p2p_weights import P2PWeights
+from swarmgrpo.node.weights import WeightError
+from swarmgrpo.protocol import swarm_pb2
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 3_500_000  # four 1 MiB chunks
+
+
+def _payload(version: int) -> bytes:
+    return random.Random(version).randbytes(SIZE)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _p2pd_children(pid: int) -> list[int]:
+    """p2pd processes (zombies included: an unreaped child is a leak too) whose parent is `pid`."""
+    found = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])
+        if comm == "p2pd" and ppid == pid:
+            found.append(int(stat.split("/")[2]))
+    return found
+
+
+def serve() -> None:
+    """Holder process: publish versions 1, 2 (and 3 under a wrong sha256), serve until stdin closes."""
+    weights = P2PWeights()
+    for version in (1, 2):
+        data = _payload(version)
+        weights.publish(version, data, _sha(data))
+    weights.publish(3, _payload(3), _sha(b"not these bytes"))
+    p2pd = weights._p2p._child.pid
+    print(json.dumps({"peer_id": weights.peer_id, "addrs": weights.addrs, "p2pd": p2pd}), flush=True)
+    sys.stdin.read()
+    weights.close()
+    print(json.dumps({"p2pd_children": _p2pd_children(os.getpid())}), flush=True)
+
+
+def _readline(proc: subprocess.Popen, timeout: float = 30) -> dict:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        proc.stderr_file.seek(0)
+        pytest.fail(f"holder said nothing in {timeout} s; its stderr:\n{proc.stderr_file.read()[-3000:]}")
+    return json.loads(line)
+
+
+def _spawn_holder() -> subprocess.Popen:
+    # a pipe nobody reads could fill up and block the holder; closed in _stop
+    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from tests.integration.test_p2p_weights import serve; serve()"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    proc.stderr_file = stderr
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.stdin.close()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stderr_file.close()
+
+
+@pytest.fixture(scope="module")
+def holders():
+    """Two holder processes, A (serves the fetch tests) and B (is closed by the p2pd test)."""
+    procs = {name: _spawn_holder() for name in "AB"}  # started together: each takes seconds to import
+    try:
+        yield {name: (proc, _readline(proc)) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def holder_a(holders):
+    _, info = holders["A"]
+    return swarm_pb2.WeightHolder(node_id="A", peer_id=info["peer_id"], peer_addrs=info["addrs"])
+
+
+@pytest.fixture(scope="module")
+def client():
+    weights = P2PWeights(timeout=3)
+    yield weights
+    weights.close()
+
+
+def test_fetch_gets_identical_bytes(holder_a, client):
+    data = client.fetch(2, _sha(_payload(2)), [holder_a])
+    assert data == _payload(2)
+    assert client.fetch(1, "", [holder_a]) == _payload(1)
+
+
+def test_unknown_version_names_what_the_holder_has(holder_a, client):
+    with pytest.raises(WeightError, match=r"does not hold policy version 7; it holds \[1, 2, 3\]"):
+        client.fetch(7, "", [holder_a])
+
+
+def test_wrong_sha256_is_refused(holder_a, client):
+    with pytest.raises(WeightError, match=r"holder's file has sha256 .*, not the published 000000000000"):
+        client.fetch(2, "0" * 64, [holder_a])
+    with pytest.raises(WeightError, match="received bytes hash to"):
+        client.fetch(3, "", [holder_a])
+
+
+def test_dead_and_silent_holders_are_skipped(holder_a, client):
+    stopped = P2PWeights()
+    dead = swarm_pb2.WeightHolder(node_id="dead", peer_id=stopped.peer_id, peer_addrs=stopped.addrs)
+    stopped.close()
+    # A TCP port that accepts and never speaks: the dial hangs in the handshake until a timeout.
+    silent_sock = socket.create_server(("127.0.0.1", 0))
+    port = silent_sock.getsockname()[1]
+    other = P2PWeights()
+    silent = swarm_pb2.WeightHolder(
+        node_id="silent", peer_id=other.peer_id, peer_addrs=[f"/ip4/127.0.0.1/tcp/{port}"]
+    )
+    other.close()
+    try:
+        with pytest.raises(WeightError, match=r"(?s)could not be fetched.*dead \(.*; silent \("):
+            client.fetch(2, "", [dead, silent])
+        assert client.fetch(2, _sha(_payload(2)), [dead, silent, holder_a]) == _payload(2)
+    finally:
+        silent_sock.close()
+
+
+def test_close_leaves_no_p2pd(holders):
+    weights = P2PWeights()
+    p2pd = weights._p2p._child.pid
+    assert p2pd in _p2pd_children(os.getpid())
+    weights.close()
+    assert p2pd not in _p2pd_children(os.getpid())  # the module's `client` still has its own
+
+    proc, info = holders["B"]
+    assert _p2pd_children(proc.pid) == [info["p2pd"]]
+    proc.stdin.close()
+    assert _readline(proc)["p2pd_children"] == []
+    assert proc.wait(15) == 0
+    assert not Path(f"/proc/{info['p2pd']}").exists()
