@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         "--weights-dir", default="", help="shared folder for weights (default: fetch from peers over libp2p)"
     )
     p.add_argument("--initial-peers", nargs="*", default=[], help="DHT multiaddrs to bootstrap from")
+    p.add_argument(
+        "--p2p-listen",
+        nargs="+",
+        default=["/ip4/0.0.0.0/tcp/0"],
+        help="libp2p multiaddrs to serve weights on",
+    )
     p.add_argument("--max-prompts", type=int, default=2, help="prompts per lease")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.set_defaults(func=_node)
@@ -173,6 +179,7 @@ def _node(args) -> int:
             max_prompts=args.max_prompts,
             threads=args.threads,
             initial_peers=args.initial_peers,
+            p2p_listen=args.p2p_listen,
         )
     )
     return 0

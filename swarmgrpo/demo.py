@@ -104,6 +104,8 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
         node_args = ["--join", addr["grpc"], "--token", cfg.join_token]
         if weights == "file":
             node_args += ["--weights-dir", str(out / "weights")]
+        else:
+            node_args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
         procs.start("trainer", ["node", *node_args, "--roles", "train", "--state-dir", str(out / "trainer")])
         for i in range(rollout_nodes):
             procs.start(

@@ -24,7 +24,7 @@ import swarmgrpo
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
 from swarmgrpo.node.hardware import probe
-from swarmgrpo.node.weights import FileWeights, WeightTransport, encode, load_into
+from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
@@ -51,6 +51,8 @@ class NodeOptions:
     max_prompts: int = 2
     threads: int = 0
     initial_peers: list[str] = field(default_factory=list)
+    p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
 
 
 class Node:
@@ -122,7 +124,7 @@ class Node:
             return FileWeights(self.opts.weights_dir)
         from swarmgrpo.node.p2p_weights import P2PWeights
 
-        return P2PWeights(initial_peers=self.opts.initial_peers)
+        return P2PWeights(initial_peers=self.opts.initial_peers, host_maddrs=self.opts.p2p_listen)
 
     def _heartbeats(self, interval: float) -> None:
         while not self.stop.wait(interval):
@@ -136,14 +138,21 @@ class Node:
 
     # ------------------------------------------------------------------ weights
 
-    def sync(self, policy: swarm_pb2.PolicyState) -> None:
-        """Load the newest published version from a peer that holds it."""
-        if policy.policy_version == self.version:
-            return
+    def sync(self, policy: swarm_pb2.PolicyState) -> bool:
+        """Load the newest published version from a peer that holds it; False (logged) if none could
+        serve it now: the caller goes on and asks again, when the coordinator may name other holders."""
+        if policy.policy_version == self.version or policy.finished:
+            return True
         self.activity = "syncing"
         t0 = time.perf_counter()
-        data = self.transport.fetch(policy.policy_version, policy.weight_hash, policy.holders)
+        try:
+            data = self.transport.fetch(policy.policy_version, policy.weight_hash, policy.holders)
+        except WeightError as e:
+            log.warning("%s; retrying", e)
+            self._wait(1.0)
+            return False
         load_into(self.model, data, policy.weight_hash)
+        self.transport.publish(policy.policy_version, data, policy.weight_hash)  # now a holder too
         self.version = policy.policy_version
         log.info(
             "synced to policy %d (%.1f MB in %.2f s)", self.version, len(data) / 1e6, time.perf_counter() - t0

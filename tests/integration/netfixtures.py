@@ -87,9 +87,25 @@ class Network:
         self.http = json.loads(ports.read_text()).get("http")
         return self.coordinator
 
-    def start_node(self, name: str, roles: str = "auto", *extra: str) -> subprocess.Popen:
-        args = ["node", "--join", self.address, "--token", TOKEN, "--roles", roles]
-        args += ["--state-dir", str(self.root / name), "--weights-dir", str(self.root / "weights"), *extra]
+    def start_node(
+        self, name: str, roles: str = "auto", *extra: str, weights: str = "file"
+    ) -> subprocess.Popen:
+        args = [
+            "node",
+            "--join",
+            self.address,
+            "--token",
+            TOKEN,
+            "--roles",
+            roles,
+            "--state-dir",
+            str(self.root / name),
+        ]
+        if weights == "file":
+            args += ["--weights-dir", str(self.root / "weights")]
+        else:
+            args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
+        args += extra
         return self._spawn(args, self.root / f"{name}.log")
 
     def log(self, name: str) -> str:
