@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--max-completion-length", type=int, default=32)
     p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both nodes"
+    )
     p.add_argument("--out", default="runs/bench-async", help="working folder (wiped per k)")
     p.add_argument("--json-out", default="")
     return p.parse_args(argv)
@@ -63,6 +66,7 @@ max_steps = {args.steps}
 num_generations = {args.num_generations}
 generation_batch_size = {args.prompts * args.num_generations}
 micro_batch_size = {args.micro_batch}
+dtype = "{args.dtype}"
 max_completion_length = {args.max_completion_length}
 learning_rate = {3e-2 if args.model == "tiny" else 1e-5}
 advantage_estimator = "dr_grpo"
@@ -154,7 +158,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     print(
         f"model={args.model} steps={args.steps} prompts/step={args.prompts} G={args.num_generations} "
-        f"tokens={args.max_completion_length}; rollout node on core 0, trainer on core 1, 1 thread each",
+        f"tokens={args.max_completion_length} dtype={args.dtype}; rollout node on core 0, trainer on core 1, 1 thread each",
         flush=True,
     )
     results = []
