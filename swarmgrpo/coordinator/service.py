@@ -14,6 +14,7 @@ Staleness (k = max_staleness, v = the newest published version, P = prompts per 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import secrets
 import time
@@ -220,8 +221,6 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return swarm_pb2.LeaveReply(returned_prompts=returned)
 
     async def Status(self, request, context):
-        import json
-
         return swarm_pb2.StatusReply(status_json=json.dumps(self.status_fn() if self.status_fn else {}))
 
     # ------------------------------------------------------------------ rollouts
@@ -229,7 +228,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def _open_steps(self) -> int:
         """Steps that still need rollouts: from the first step without a batch up to v + k."""
         v, k = self.version, self.cfg.max_staleness
-        first_unbatched = v + 1 if self.store.batch(v) else v
+        first_unbatched = v + 1 if self.store.has_batch(v) else v
         return max(0, min(v + k, self.cfg.train.max_steps - 1) - first_unbatched + 1)
 
     def expire_leases(self, now: float | None = None) -> int:
@@ -317,7 +316,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         lease = self.store.lease(request.lease_id)
         node_id = request.auth.node_id
         mine = lease is not None and lease.node_id == node_id
-        leased = {i: 0 for i in lease.prompt_indices} if mine else {}
+        leased = set(lease.prompt_indices) if mine else set()
         check = (lambda r, lim: validate.submit(r, lim, leased)) if mine else validate.signed_only
         await self._checked("Submit", request, context, check)
         reply = swarm_pb2.SubmitReply()
@@ -428,7 +427,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     async def ReportStep(self, request, context):
         await self._checked("ReportStep", request, context, validate.step_report)
         v = self.version
-        if request.step != v or not self.store.batch(v):
+        if request.step != v or not self.store.has_batch(v):
             return swarm_pb2.StepReply(
                 status=swarm_pb2.STEP_REJECTED,
                 policy_version=v,

@@ -282,6 +282,11 @@ class Store:
         self.db.executemany("UPDATE rollouts SET step = ? WHERE id = ?", [(step, r[0]) for r in rows])
         return [r[0] for r in rows]
 
+    def has_batch(self, step: int) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM rollouts WHERE step = ? LIMIT 1", (step,)).fetchone() is not None
+        )
+
     def batch(self, step: int) -> list[Rollout]:
         rows = self.db.execute(
             "SELECT id, prompt_index, policy_version, completions, rewards FROM rollouts WHERE step = ? ORDER BY id",

@@ -45,7 +45,8 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
         raise WeightError("weights do not match the published sha256: refused (corrupt or altered transfer)")
     tensors = st_load(data)
     state = model.state_dict()
-    missing = [k for k in state if k not in tensors and not _tied_alias(model, k, tensors)]
+    loaded = {state[k].data_ptr() for k in tensors if k in state}  # a tied weight is sent once
+    missing = [k for k in state if k not in tensors and state[k].data_ptr() not in loaded]
     if missing:
         raise WeightError(
             f"weights lack {len(missing)} tensors of this model (first: {missing[0]}); wrong model?"
@@ -53,11 +54,6 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
     with torch.no_grad():
         for name, t in tensors.items():
             state[name].copy_(t.to(state[name].dtype))
-
-
-def _tied_alias(model, name: str, tensors: dict) -> bool:
-    state = model.state_dict()
-    return any(state[other].data_ptr() == state[name].data_ptr() for other in tensors if other in state)
 
 
 class WeightTransport(ABC):

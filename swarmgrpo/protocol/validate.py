@@ -7,6 +7,7 @@ INVALID_ARGUMENT with that sentence, and stores nothing from the request.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from swarmgrpo.protocol import SUPPORTED_PROTOCOL_VERSIONS, swarm_pb2
@@ -95,15 +96,14 @@ def join(req: swarm_pb2.JoinRequest, limits: Limits) -> None:
     _check(len(caps.engines) <= 8, "capabilities.engines", "more than 8", "send fewer")
 
 
+def _rate(value: float, field: str) -> None:
+    _check(math.isfinite(value) and value >= 0, field, "must be finite and >= 0", "fix the node")
+
+
 def heartbeat(req: swarm_pb2.HeartbeatRequest, limits: Limits) -> None:
     _auth(req.auth, join=False)
     _short(req.activity, "activity", limits)
-    _check(
-        math.isfinite(req.tokens_per_s) and req.tokens_per_s >= 0,
-        "tokens_per_s",
-        "must be finite and >= 0",
-        "fix the node",
-    )
+    _rate(req.tokens_per_s, "tokens_per_s")
 
 
 def lease(req: swarm_pb2.LeaseRequest, limits: Limits) -> None:
@@ -116,17 +116,11 @@ def lease(req: swarm_pb2.LeaseRequest, limits: Limits) -> None:
     )
 
 
-def submit(req: swarm_pb2.SubmitRequest, limits: Limits, leased: dict[int, int]) -> None:
-    """`leased` maps each prompt_index of the lease to its prompt length (for nothing but membership
-    today; the prompt itself comes from the coordinator's own stream, never from the node)."""
+def submit(req: swarm_pb2.SubmitRequest, limits: Limits, leased: Collection[int]) -> None:
+    """`leased`: the lease's prompt indices (the prompts themselves never come from the node)."""
     _auth(req.auth, join=False)
     _short(req.lease_id, "lease_id", limits)
-    _check(
-        math.isfinite(req.generation_s) and req.generation_s >= 0,
-        "generation_s",
-        "must be finite and >= 0",
-        "fix the node",
-    )
+    _rate(req.generation_s, "generation_s")
     _check(
         0 < len(req.groups) <= len(leased),
         "groups",

@@ -182,30 +182,27 @@ class GRPOStep:
         mask_BT = torch.cat([torch.ones(b, 1, dtype=torch.long), mb.completion_mask_BT[:, :-1].long()], 1)
         positions_BT = (mb.prompt_len_K - 1).index_select(0, index_B)[:, None] + torch.arange(t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
-            cache = None
-            if p > 1:
-                decoder = model.base_model
-                context = dict(
-                    inputs_embeds=context_KCH,
-                    attention_mask=context_mask_KC,
-                    position_ids=(context_mask_KC.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True,
-                )
-                if torch.is_grad_enabled():  # second use of every weight: hand gradients over early
-                    out = torch.func.functional_call(
-                        decoder, aliased_leaves(decoder), (), context, strict=False
-                    )
-                else:
-                    out = decoder(**context)
-                cache = out.past_key_values
-                cache.reorder_cache(index_B)  # K prompt caches -> one per completion
-                mask_BT = torch.cat([context_mask_KC.index_select(0, index_B), mask_BT], 1)
+            # RolloutGroup guarantees >= 2 prompt tokens, so every prompt has a context to cache.
+            decoder = model.base_model
+            context = dict(
+                inputs_embeds=context_KCH,
+                attention_mask=context_mask_KC,
+                position_ids=(context_mask_KC.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+            )
+            if torch.is_grad_enabled():  # second use of every weight: hand gradients over early
+                out = torch.func.functional_call(decoder, aliased_leaves(decoder), (), context, strict=False)
+            else:
+                out = decoder(**context)
+            cache = out.past_key_values
+            cache.reorder_cache(index_B)  # K prompt caches -> one per completion
+            mask_BT = torch.cat([context_mask_KC.index_select(0, index_B), mask_BT], 1)
             inputs = dict(
                 inputs_embeds=inputs_BTH,
                 attention_mask=mask_BT,
                 position_ids=positions_BT,
                 past_key_values=cache,
-                use_cache=cache is not None,
+                use_cache=True,
             )
             if fused:
                 hidden_BTH = model.base_model(**inputs).last_hidden_state
