@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sqlite3
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from swarmgrpo.localnet import Processes
 
 TARGET_SPEEDUP_K1 = 1.8
 
@@ -81,25 +81,13 @@ def run_one(args, k: int) -> dict:
     root.mkdir(parents=True)
     cfg = root / "run.toml"
     cfg.write_text(run_config(args, k, root / "coordinator"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    procs = []
-
-    def start(name, cmd, cpu=None):
-        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
-        log = (root / f"{name}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [*pin, sys.executable, "-m", "swarmgrpo", *cmd], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-        )
-        return procs[-1]
-
+    procs = Processes(root)
     try:
-        start("coordinator", ["coordinator", "--config", str(cfg)])
+        coordinator = procs.start("coordinator", ["coordinator", "--config", str(cfg)])
         ports = root / "coordinator" / "ports.json"
         while not ports.exists():
-            if procs[0].poll() is not None:
-                raise SystemExit((root / "coordinator.log").read_text())
+            if coordinator.poll() is not None:
+                raise SystemExit(procs.log("coordinator"))
             time.sleep(0.2)
         grpc_addr = json.loads(ports.read_text())["grpc"]
         common = [
@@ -112,32 +100,23 @@ def run_one(args, k: int) -> dict:
             "--threads",
             "1",
         ]
-        trainer = start(
+        trainer = procs.start(
             "trainer", ["node", *common, "--roles", "train", "--state-dir", str(root / "trainer")], cpu=1
         )
-        rollout = start(
+        rollout_args = [
+            "--roles",
             "rollout",
-            [
-                "node",
-                *common,
-                "--roles",
-                "rollout",
-                "--state-dir",
-                str(root / "rollout"),
-                "--max-prompts",
-                str(args.prompts),
-            ],
-            cpu=0,
-        )
+            "--state-dir",
+            str(root / "rollout"),
+            "--max-prompts",
+            str(args.prompts),
+        ]
+        rollout = procs.start("rollout", ["node", *common, *rollout_args], cpu=0)
         for p, name in ((trainer, "trainer"), (rollout, "rollout")):
             if p.wait(3600) != 0:
-                raise SystemExit(f"{name} failed:\n" + (root / f"{name}.log").read_text()[-3000:])
+                raise SystemExit(f"{name} failed:\n" + procs.log(name)[-3000:])
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            p.wait(30)
+        procs.stop()
     db = sqlite3.connect(root / "coordinator" / "run.sqlite")
     rows = db.execute("SELECT version, published_at, metrics FROM versions ORDER BY version").fetchall()
     times = [t for _, t, _ in rows]

@@ -10,17 +10,15 @@ by starting processes and reading the coordinator's status.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.view import render
+from swarmgrpo.localnet import Processes
 from swarmgrpo.protocol.errors import UserError
 
 
@@ -47,36 +45,6 @@ def _eval(model_path: str, cfg: RunConfig, label: str) -> dict:
     return {"accuracy": result.accuracy, "n": result.n}
 
 
-class _Procs:
-    def __init__(self, root: Path):
-        self.root = root
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = (self.root / f"{name}.log").open("ab")
-        cmd = [sys.executable, "-m", "swarmgrpo", *args]
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        return self.procs[name]
-
-    def failed(self) -> str | None:
-        for name, p in self.procs.items():
-            if p.poll() not in (None, 0):
-                tail = (self.root / f"{name}.log").read_text(errors="replace")[-1500:]
-                return f"{name} exited with {p.returncode}; its log ends:\n{tail}"
-        return None
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
 def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p") -> dict:
     if out.exists():
         shutil.rmtree(out)
@@ -91,7 +59,7 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
     t0 = time.time()
     if cfg.train.eval_n:
         summary["eval_before"] = _eval(cfg.train.model, cfg, "before")
-    procs = _Procs(out)
+    procs = Processes(out)
     try:
         procs.start("coordinator", ["coordinator", "--config", str(config_path)])
         ports = out / "coordinator" / "ports.json"
@@ -127,7 +95,7 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
     return summary
 
 
-def _watch(http: str, cfg: RunConfig, procs: _Procs) -> dict:
+def _watch(http: str, cfg: RunConfig, procs: Processes) -> dict:
     """Print a line per published version and the node table every 15 s, until max_steps."""
     shown, last_table = 0, 0.0
     while True:

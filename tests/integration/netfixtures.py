@@ -1,19 +1,19 @@
 """Real coordinator and node processes on loopback, for the network tests and benchmarks.
 
-Everything started here is a child `Popen` of the test and is stopped through that handle (never by
-name); `Network.close` terminates what is still running, then kills what does not stop.
+Everything started here is a child process of the test (`swarmgrpo.localnet.Processes`), stopped
+through its handle, never by name.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from swarmgrpo.localnet import Processes
 
 TOKEN = "test-token"
 
@@ -61,24 +61,14 @@ class Network:
         self.state_dir = root / "coordinator"
         self.config = write_run_config(root / "run.toml", self.state_dir, self.port, **overrides)
         self.address = f"127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
+        self.procs = Processes(root)
+        self.env = self.procs.env
         self.coordinator: subprocess.Popen | None = None
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-    def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
-        f = log.open("ab")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "swarmgrpo", *args], stdout=f, stderr=subprocess.STDOUT, env=self.env
-        )
-        self.procs.append(p)
-        return p
 
     def start_coordinator(self, timeout: float = 60.0) -> subprocess.Popen:
         ports = self.state_dir / "ports.json"
         ports.unlink(missing_ok=True)
-        self.coordinator = self._spawn(
-            ["coordinator", "--config", str(self.config)], self.root / "coordinator.log"
-        )
+        self.coordinator = self.procs.start("coordinator", ["coordinator", "--config", str(self.config)])
         deadline = time.monotonic() + timeout
         while not ports.exists():
             if self.coordinator.poll() is not None or time.monotonic() > deadline:
@@ -106,11 +96,10 @@ class Network:
         else:
             args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
         args += extra
-        return self._spawn(args, self.root / f"{name}.log")
+        return self.procs.start(name, args)
 
     def log(self, name: str) -> str:
-        path = self.root / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.procs.log(name)
 
     def kill9_coordinator(self) -> None:
         self.coordinator.send_signal(signal.SIGKILL)
@@ -135,12 +124,4 @@ class Network:
         return sqlite3.connect(self.state_dir / "run.sqlite")
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        self.procs.stop()
