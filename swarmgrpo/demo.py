@@ -69,11 +69,16 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
             time.sleep(0.2)
         addr = json.loads(ports.read_text())
         print(f"coordinator: gRPC {addr['grpc']}, status http://{addr['http']}/status", flush=True)
-        node_args = ["--join", addr["grpc"], "--token", cfg.join_token]
+        node_args = [
+            "--join",
+            addr["grpc"],
+            "--token",
+            cfg.join_token,
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]
         if weights == "file":
             node_args += ["--weights-dir", str(out / "weights")]
-        else:
-            node_args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
         procs.start("trainer", ["node", *node_args, "--roles", "train", "--state-dir", str(out / "trainer")])
         for i in range(rollout_nodes):
             procs.start(

@@ -43,8 +43,14 @@ class RunConfig:
     max_clock_skew_s: float = 120.0
     """Largest difference between a node's clock and the coordinator's accepted on a request."""
 
+    dht_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    """libp2p multiaddrs of the coordinator's own hivemind DHT peer, the first bootstrap peer joining
+    nodes are given (empty: no DHT peer here; nodes then bootstrap from `dht_initial_peers` and
+    each other)."""
+
     dht_initial_peers: list[str] = field(default_factory=list)
-    """DHT multiaddrs handed to joining nodes to bootstrap from (in addition to the nodes it knows)."""
+    """DHT multiaddrs of an existing swarm: the coordinator's peer joins through them, and joining nodes
+    are handed them too (besides the coordinator's own peer and the nodes it knows)."""
 
     train: TrainConfig = field(default_factory=TrainConfig)
     """The GRPO run itself: model, task, batch, optimizer (the same table as `swarmgrpo train`)."""

@@ -1,9 +1,12 @@
 """`swarmgrpo coordinator`: wires the store, the gRPC service and the HTTP side, and runs until stopped.
 
-    open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → gRPC on `listen`
-    → HTTP /status, /metrics on `http_listen` → expire leases every second → SIGINT/SIGTERM stops
+    open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → DHT peer on `dht_listen`
+    → gRPC on `listen` → HTTP /status, /metrics on `http_listen`
+    → every second: expire leases; every heartbeat interval: read the nodes announced in the DHT
+    → SIGINT/SIGTERM stops
 
-The bound ports are written to state_dir/ports.json (useful with port 0, as tests and the demo use).
+The bound ports (and the DHT peer's addresses) are written to state_dir/ports.json (useful with port
+0, as tests and the demo use).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from swarmgrpo.coordinator import status
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
+from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.protocol import swarm_pb2_grpc
 from swarmgrpo.protocol.errors import UserError
 
@@ -30,7 +34,7 @@ log = logging.getLogger("swarmgrpo.coordinator")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-def _http_server(cfg: RunConfig, db_path: Path) -> ThreadingHTTPServer:
+def _http_server(cfg: RunConfig, db_path: Path, dht: dict) -> ThreadingHTTPServer:
     local = threading.local()
 
     class Handler(BaseHTTPRequestHandler):
@@ -38,11 +42,13 @@ def _http_server(cfg: RunConfig, db_path: Path) -> ThreadingHTTPServer:
             if not hasattr(local, "store"):
                 local.store = Store(db_path, readonly=True)
             if self.path.split("?")[0] == "/status":
-                body = json.dumps(status.snapshot(local.store, cfg.heartbeat_interval_s), indent=1).encode()
+                body = json.dumps(
+                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht), indent=1
+                ).encode()
                 ctype = "application/json"
             elif self.path.split("?")[0] == "/metrics":
                 body, ctype = (
-                    status.metrics_text(local.store, cfg.heartbeat_interval_s),
+                    status.metrics_text(local.store, cfg.heartbeat_interval_s, dht),
                     "text/plain; version=0.0.4",
                 )
             else:
@@ -73,8 +79,17 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             "use another state_dir for a new run or the same run_id to resume"
         )
     run = Run(cfg)
+    host, dht = None, {}  # dht: the view /status shows, refreshed in place by the loop below
+    if cfg.dht_listen:
+        host = await asyncio.to_thread(PeerHost, cfg.dht_listen)
+        await asyncio.to_thread(host.join_dht, cfg.dht_initial_peers)
+        dht.update(peer_id=host.peer_id, addrs=host.addrs, announced={})
     service = CoordinatorService(
-        cfg, store, run, status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s)
+        cfg,
+        store,
+        run,
+        status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht),
+        dht_addrs=host.addrs if host else [],
     )
     server = grpc.aio.server(
         options=[
@@ -92,9 +107,11 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
     ports = {"grpc": f"{cfg.listen.rsplit(':', 1)[0]}:{grpc_port}"}
     http = None
     if cfg.http_listen:
-        http = _http_server(cfg, db_path)
+        http = _http_server(cfg, db_path, dht)
         threading.Thread(target=http.serve_forever, daemon=True, name="http").start()
         ports["http"] = f"{http.server_address[0]}:{http.server_address[1]}"
+    if host is not None:
+        ports["dht"] = host.addrs
     (state / "ports.json").write_text(json.dumps(ports))
     log.info(
         "coordinator %s run '%s' at policy version %d: gRPC %s, HTTP %s",
@@ -111,13 +128,23 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready.set()
+    refreshed = 0.0
     try:
         while not stop.is_set():
             service.expire_leases()
+            if host is not None and loop.time() - refreshed >= cfg.heartbeat_interval_s:
+                refreshed = loop.time()
+                try:
+                    announced = await asyncio.to_thread(host.lookup, nodes_key(cfg.run_id))
+                    dht["announced"] = announced
+                except Exception as e:  # the DHT view is informational; the run goes on without it
+                    log.warning("reading the DHT failed: %s", e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
         await server.stop(grace=2.0)
+        if host is not None:
+            await asyncio.to_thread(host.close)
         if http is not None:
             http.shutdown()
         store.close()

@@ -68,11 +68,14 @@ class Run:
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
-    def __init__(self, cfg: RunConfig, store: Store, run: Run, status_fn=None):
+    def __init__(
+        self, cfg: RunConfig, store: Store, run: Run, status_fn=None, dht_addrs: list[str] | None = None
+    ):
         self.cfg = cfg
         self.store = store
         self.run = run
         self.status_fn = status_fn
+        self.dht_addrs = list(dht_addrs or [])
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
         self.limits = validate.Limits(run.vocab_size, t.num_generations, t.max_completion_length)
@@ -155,9 +158,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 request.software_version,
             )
         log.info("node %s joined as %s", request.auth.node_id[:8], [swarm_pb2.Role.Name(r) for r in roles])
-        peers = list(self.cfg.dht_initial_peers)
-        for n in self.store.nodes():
-            if n["left_at"] is None and n["node_id"] != request.auth.node_id:
+        peers = self.dht_addrs + list(self.cfg.dht_initial_peers)
+        recent = time.time() - 3 * self.cfg.heartbeat_interval_s
+        for n in self.store.nodes():  # live nodes only: a joiner dials every address it is given
+            if n["left_at"] is None and n["last_seen"] >= recent and n["node_id"] != request.auth.node_id:
                 peers += n["peer_addrs"]
         return swarm_pb2.JoinReply(
             node_id=request.auth.node_id,

@@ -11,7 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from swarmgrpo.coordinator.store import Store
 
 
-def snapshot(store: Store, heartbeat_interval_s: float) -> dict:
+def snapshot(store: Store, heartbeat_interval_s: float, dht: dict | None = None) -> dict:
+    """`dht`: the coordinator's DHT view ({"peer_id", "addrs", "announced": {node_id: record}}) or None."""
     now = time.time()
     versions = store.versions()
     nodes = store.nodes()
@@ -19,6 +20,7 @@ def snapshot(store: Store, heartbeat_interval_s: float) -> dict:
     for n in nodes:
         n["alive"] = n["left_at"] is None and now - n["last_seen"] <= 3 * heartbeat_interval_s
         n["staleness"] = v - n["policy_version"]
+        n["in_dht"] = bool(dht) and n["node_id"] in dht.get("announced", {})
     last = versions[-1]["metrics"] if versions else {}
     return {
         "run_id": store.get_meta("run_id"),
@@ -27,17 +29,19 @@ def snapshot(store: Store, heartbeat_interval_s: float) -> dict:
         "last_step": last,
         "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
         "nodes": nodes,
+        "dht": dht or {},
         "time": now,
     }
 
 
 class _Collector:
-    def __init__(self, store: Store, heartbeat_interval_s: float):
+    def __init__(self, store: Store, heartbeat_interval_s: float, dht: dict | None):
         self.store = store
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.dht = dht
 
     def collect(self):
-        snap = snapshot(self.store, self.heartbeat_interval_s)
+        snap = snapshot(self.store, self.heartbeat_interval_s, self.dht)
         yield GaugeMetricFamily(
             "swarmgrpo_policy_version", "Newest published policy version", value=snap["policy_version"]
         )
@@ -59,11 +63,17 @@ class _Collector:
             tps.add_metric([n["node_id"]], n["tokens_per_s"])
             tokens.add_metric([n["node_id"]], n["tokens_generated"])
         yield alive
+        if snap["dht"]:
+            yield GaugeMetricFamily(
+                "swarmgrpo_dht_nodes_announced",
+                "Nodes whose announcement the coordinator's DHT peer found",
+                value=len(snap["dht"].get("announced", {})),
+            )
         yield tps
         yield tokens
 
 
-def metrics_text(store: Store, heartbeat_interval_s: float) -> bytes:
+def metrics_text(store: Store, heartbeat_interval_s: float, dht: dict | None = None) -> bytes:
     registry = CollectorRegistry()
-    registry.register(_Collector(store, heartbeat_interval_s))
+    registry.register(_Collector(store, heartbeat_interval_s, dht))
     return generate_latest(registry)

@@ -17,6 +17,12 @@ def render(snap: dict) -> str:
             f"loss {last.get('loss', 0):+.4f}  staleness {last.get('staleness_mean', 0):.1f}  "
             f"train {last.get('train_s', 0):.1f}s"
         )
+    dht = snap.get("dht") or {}
+    if dht:
+        lines.append(
+            f"DHT: coordinator peer {dht.get('peer_id', '?')[:12]}…, "
+            f"{len(dht.get('announced', {}))} nodes announced"
+        )
     lines.append(
         f"{'node':10} {'role':14} {'alive':5} {'policy':>6} {'stale':>5} {'tok/s':>7} {'tokens':>8} {'rollouts':>8} {'steps':>5}  activity"
     )

@@ -1,6 +1,7 @@
 """`swarmgrpo node`: a volunteer's daemon.
 
-    probe hardware → load key → join → load the run's model → heartbeats (thread)
+    probe hardware → load key → start libp2p host → join → join the run's hivemind DHT and announce
+    → load the run's model → heartbeats + DHT announcements (thread)
     → loop { rollout: lease → generate G each → score → sign → submit
            | train:   batch → GRPO step → publish weights → report }
     → leave (open leases go back to the pool)
@@ -11,6 +12,7 @@ coordinator already accepted (its lease simply expires and the prompts go to ano
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -19,17 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 import swarmgrpo
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
 from swarmgrpo.node.hardware import probe
+from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+from swarmgrpo.node.p2p_weights import P2PWeights
 from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.signing import NodeKey
-from swarmgrpo.trainer.checkpoint import TrainerState, save_checkpoint
+from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.rollouts import RolloutGroup
@@ -66,6 +71,10 @@ class Node:
         self.activity = "starting"
         self.tokens_per_s = 0.0
         self.transport: WeightTransport | None = None
+        self.host: PeerHost | None = None
+        self.run_id = ""
+        self.role = ""
+        self.resume_from: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -74,6 +83,7 @@ class Node:
         if self.opts.threads:
             torch.set_num_threads(self.opts.threads)
         roles = [] if self.opts.roles == "auto" else [ROLES[r] for r in self.opts.roles.split(",")]
+        self.host = PeerHost(self.opts.p2p_listen, self.opts.initial_peers)
         self.transport = self._transport()
         reply = self.client.join(
             swarm_pb2.JoinRequest(
@@ -81,21 +91,28 @@ class Node:
                 join_token=self.opts.token,
                 capabilities=swarm_pb2.Capabilities(**caps),
                 roles=roles,
-                peer_id=getattr(self.transport, "peer_id", ""),
-                peer_addrs=getattr(self.transport, "addrs", []),
+                peer_id=self.host.peer_id,
+                peer_addrs=self.host.addrs,
                 software_version=swarmgrpo.__version__,
             )
         )
         import tomllib
 
         self.cfg = from_dict(TrainConfig, tomllib.loads(reply.run_config_toml)["train"])
-        role = "train" if swarm_pb2.ROLE_TRAIN in reply.roles else "rollout"
+        role = self.role = "train" if swarm_pb2.ROLE_TRAIN in reply.roles else "rollout"
+        self.run_id = reply.run_id
+        reached = self.host.join_dht(list(reply.initial_peers) + list(self.opts.initial_peers))
+        if isinstance(self.transport, P2PWeights):
+            self.transport.run_id = reply.run_id  # announce held weights in the DHT from now on
+        self._announce(reply.heartbeat_interval_s)
         log.info(
-            "joined run '%s' as node %s (%s) at policy %d",
+            "joined run '%s' as node %s (%s) at policy %d; DHT peer %s via %d bootstrap peers",
             reply.run_id,
             self.key.node_id[:8],
             role,
             reply.policy_version,
+            self.host.peer_id[:12],
+            reached,
         )
         torch.manual_seed(self.cfg.seed)
         self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
@@ -106,7 +123,11 @@ class Node:
         reason = "stopped"
         try:
             if reply.policy_version > 0:
-                self.sync(self.client.policy())
+                policy = self.client.policy()
+                if role == "train":
+                    self.resume_from = self._own_checkpoint(policy)
+                if self.resume_from is None:
+                    self.sync(policy)
             (self.train_loop if role == "train" else self.rollout_loop)()
             reason = "finished" if not self.stop.is_set() else "stopped"
         finally:
@@ -117,14 +138,28 @@ class Node:
             except Exception as e:  # leaving is best effort: the leases expire anyway
                 log.warning("could not say goodbye to the coordinator: %s", e)
             self.transport.close()
+            self.host.close()
             self.client.close()
 
     def _transport(self) -> WeightTransport:
         if self.opts.weights_dir:
             return FileWeights(self.opts.weights_dir)
-        from swarmgrpo.node.p2p_weights import P2PWeights
+        return P2PWeights(self.host)
 
-        return P2PWeights(initial_peers=self.opts.initial_peers, host_maddrs=self.opts.p2p_listen)
+    def _announce(self, interval: float) -> None:
+        """This node's record in the run's DHT; it expires 3 intervals after the last announcement."""
+        record = {
+            "peer_id": self.host.peer_id,
+            "addrs": self.host.addrs,
+            "role": self.role,
+            "policy_version": self.version,
+            "activity": self.activity,
+            "tokens_per_s": round(self.tokens_per_s, 1),
+        }
+        try:
+            self.host.announce(nodes_key(self.run_id), self.key.node_id, record, ttl=3 * interval)
+        except Exception as e:  # the coordinator's heartbeat is what keeps a node in the run
+            log.warning("DHT announcement failed: %s", e)
 
     def _heartbeats(self, interval: float) -> None:
         while not self.stop.wait(interval):
@@ -132,6 +167,7 @@ class Node:
                 self.client.heartbeat(self.version, self.activity, self.tokens_per_s)
             except Exception as e:
                 log.warning("heartbeat failed: %s", e)
+            self._announce(interval)
 
     def _wait(self, seconds: float) -> None:
         self.stop.wait(max(seconds, 0.05))
@@ -157,6 +193,45 @@ class Node:
         log.info(
             "synced to policy %d (%.1f MB in %.2f s)", self.version, len(data) / 1e6, time.perf_counter() - t0
         )
+
+    def _own_checkpoint(self, policy: swarm_pb2.PolicyState) -> Path | None:
+        """A restarted trainer continues exactly from its own checkpoint of the run's current version
+        (float32 weights, AdamW state, RNG) when it has one whose bf16 encoding is the published
+        hash; otherwise it takes the peers' bf16 weights and starts a fresh optimizer state (logged)."""
+        ckpt = latest_checkpoint(self.state_dir / "checkpoints")
+        if ckpt is None:
+            return None
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if state["version"] != policy.policy_version:
+            log.warning(
+                "checkpoint %s is of policy %d, the run is at %d: continuing from the peers' %s weights "
+                "with a fresh optimizer state",
+                ckpt.name,
+                state["version"],
+                policy.policy_version,
+                self.opts.weights_dtype,
+            )
+            return None
+        tensors = {}
+        for shard in sorted(ckpt.glob("model*.safetensors")):
+            tensors.update(load_file(shard))
+        loaded = self.model.load_state_dict(tensors, strict=False)
+        tied = {"lm_head.weight"} if getattr(self.model.config, "tie_word_embeddings", False) else set()
+        if loaded.unexpected_keys or set(loaded.missing_keys) - tied:
+            log.warning("checkpoint %s does not fit the run's model: syncing from peers", ckpt)
+            return None
+        data, sha = encode(self.model, self.opts.weights_dtype)
+        if sha != policy.weight_hash:
+            log.warning(
+                "checkpoint %s does not encode to the published policy %d: syncing from peers",
+                ckpt,
+                state["version"],
+            )
+            return None
+        self.version = policy.policy_version
+        self.transport.publish(self.version, data, sha)  # a holder again, even if no peer kept it
+        log.info("resumed from %s: float32 weights, optimizer state and RNG of policy %d", ckpt, self.version)
+        return ckpt
 
     # ------------------------------------------------------------------ roles
 
@@ -216,6 +291,8 @@ class Node:
     def train_loop(self) -> None:
         step = GRPOStep(self.model, self.cfg, self.tokenizer.pad_token_id)
         step.version = self.version
+        if self.resume_from is not None:
+            load_trainer_state(self.resume_from, step.optimizer)
         out_dir = self.state_dir / "checkpoints"
         while not self.stop.is_set():
             self.activity = "waiting for rollouts"

@@ -1,17 +1,18 @@
 """Policy weights fetched from peers over libp2p streams (hivemind's P2P and its go-libp2p daemon).
 
 A node that publishes version v keeps the bytes `weights.encode` made (a bf16 safetensors file) and
-their sha256 in memory, for the last `keep` versions, and serves them on the stream protocol
-`swarmgrpo.weights`: one `WeightRequest` in, `WeightChunk`s of `chunk_bytes` out, in order, each
-carrying the file's size and sha256. A fetching node asks the holders the coordinator named, one at
-a time: it dials the holder's addresses, reassembles the chunks, checks that offsets are contiguous
-and that size and sha256 match both the holder's claim and the published hash, and moves on to the
-next holder on any failure; a holder silent for `timeout` seconds counts as failed.
+their sha256 in memory, for the last `keep` versions, serves them on the stream protocol
+`swarmgrpo.weights` (one `WeightRequest` in, `WeightChunk`s of `chunk_bytes` out, in order, each
+carrying the file's size and sha256) and, once its host has joined the DHT, announces itself as a
+holder under `swarmgrpo/<run>/weights/<v>` for `holder_ttl` seconds.
 
-Threads: the daemon is synchronous, so the P2P client lives on a private asyncio loop in a
-background thread and the public methods block on it. We run a standalone `P2P` (one p2pd child)
-rather than a `hivemind.DHT`: the DHT forks a Python process, which is unsafe after gRPC and torch
-have started threads, and weight transfer needs only direct dials to addresses we are given.
+A fetching node asks the holders the coordinator named, then those the DHT knows, one at a time: it
+dials the holder's addresses, reassembles the chunks, checks that offsets are contiguous and that
+size and sha256 match both the holder's claim and the published hash, and moves on to the next
+holder on any failure; a holder silent for `timeout` seconds counts as failed.
+
+The P2P daemon and its asyncio loop belong to a `PeerHost` (shared with the node's DHT membership);
+a `P2PWeights` made without one starts and owns its own.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from hivemind.p2p import P2P, P2PContext, P2PDaemonError, PeerID
-from hivemind.utils.multiaddr import Multiaddr
+from hivemind.p2p import P2PContext, PeerID
 
+from swarmgrpo.node.p2p_host import PeerHost, weights_key
 from swarmgrpo.node.weights import WeightError, WeightTransport
 from swarmgrpo.protocol import swarm_pb2
 
@@ -35,42 +36,33 @@ PROTOCOL = "swarmgrpo.weights"
 class P2PWeights(WeightTransport):
     def __init__(
         self,
+        host: PeerHost | None = None,
+        *,
         initial_peers: Sequence[str] = (),
         host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
+        run_id: str = "",
         keep: int = 3,
         chunk_bytes: int = 1 << 20,
         timeout: float = 30.0,
+        holder_ttl: float = 600.0,
     ):
         self.keep, self.chunk_bytes, self.timeout = keep, chunk_bytes, timeout
+        self.run_id, self.holder_ttl = run_id, holder_ttl
         self._held: dict[int, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="p2p-weights", daemon=True)
-        self._thread.start()
-        self._p2p: P2P | None = None
+        self._owns_host = host is None
+        self.host = host if host is not None else PeerHost(host_maddrs, initial_peers)
         try:
-            self._p2p = self._call(self._start(list(initial_peers), list(host_maddrs)))
+            self.host.call(
+                self.host.p2p.add_protobuf_handler(
+                    PROTOCOL, self._serve, swarm_pb2.WeightRequest, stream_output=True
+                )
+            )
         except BaseException:
             self.close()
             raise
-        self.peer_id: str = self._p2p.peer_id.to_base58()
-        self.addrs: list[str] = [str(a) for a in self._call(self._p2p.get_visible_maddrs())]
-
-    def _call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _start(self, initial_peers: list[str], host_maddrs: list[str]) -> P2P:
-        try:
-            p2p = await P2P.create(initial_peers=initial_peers, host_maddrs=host_maddrs)
-        except P2PDaemonError as e:
-            if not initial_peers:
-                raise
-            # p2pd refuses to start when no bootstrap peer answers; weight transfer dials holders
-            # directly, so a node whose bootstrap peers are all gone can still serve and fetch.
-            log.warning("no initial peer answered (%s); starting without bootstrap peers", e)
-            p2p = await P2P.create(host_maddrs=host_maddrs)
-        await p2p.add_protobuf_handler(PROTOCOL, self._serve, swarm_pb2.WeightRequest, stream_output=True)
-        return p2p
+        self.peer_id: str = self.host.peer_id
+        self.addrs: list[str] = self.host.addrs
 
     # ------------------------------------------------------------------ serving
 
@@ -79,6 +71,31 @@ class P2PWeights(WeightTransport):
             self._held[version] = (bytes(data), sha256)
             for old in sorted(self._held)[: -self.keep]:
                 del self._held[old]
+        if self.run_id and self.host.dht is not None:
+            try:
+                self.host.announce(
+                    weights_key(self.run_id, version),
+                    self.peer_id,
+                    {"addrs": self.addrs, "sha256": sha256},
+                    self.holder_ttl,
+                )
+            except Exception as e:  # announcing is best effort: the coordinator names holders too
+                log.warning("could not announce weights v%d in the DHT: %s", version, e)
+
+    def dht_holders(self, version: int, sha256: str) -> list[swarm_pb2.WeightHolder]:
+        """Holders of `version` announced in the DHT (other than this node) with the expected hash."""
+        if not self.run_id or self.host.dht is None:
+            return []
+        try:
+            found = self.host.lookup(weights_key(self.run_id, version))
+        except Exception as e:
+            log.warning("DHT lookup of weights v%d failed: %s", version, e)
+            return []
+        return [
+            swarm_pb2.WeightHolder(peer_id=peer, peer_addrs=list(v.get("addrs", [])), policy_version=version)
+            for peer, v in sorted(found.items())
+            if peer != self.peer_id and (not sha256 or v.get("sha256") == sha256)
+        ]
 
     async def _serve(self, request: swarm_pb2.WeightRequest, context: P2PContext):
         version = request.policy_version
@@ -104,12 +121,15 @@ class P2PWeights(WeightTransport):
     # ------------------------------------------------------------------ fetching
 
     def fetch(self, version: int, sha256: str, holders) -> bytes:
-        if self._p2p is None:
+        if self.host.p2p is None:
             raise WeightError("this P2PWeights is closed")
         problems = []
-        for holder in holders:
+        named = list(holders)
+        seen = {h.peer_id for h in named}
+        candidates = named + [h for h in self.dht_holders(version, sha256) if h.peer_id not in seen]
+        for holder in candidates:
             try:
-                return self._call(self._fetch_from(holder, version, sha256))
+                return self.host.call(self._fetch_from(holder, version, sha256))
             except Exception as e:
                 reason = f"timed out after {self.timeout:g} s" if isinstance(e, TimeoutError) else str(e)
                 problems.append(f"{holder.node_id or '?'} ({holder.peer_id or 'no peer id'}): {reason}")
@@ -122,13 +142,11 @@ class P2PWeights(WeightTransport):
 
     async def _fetch_from(self, holder, version: int, expected: str) -> bytes:
         peer = PeerID.from_base58(holder.peer_id)
-        # p2pd's CONNECT misparses addresses that end in /p2p/<id> ("length greater than remaining
-        # number of bytes in buffer"): give it the transport part only.
-        addrs = [Multiaddr(a).decapsulate(f"/p2p/{holder.peer_id}") for a in holder.peer_addrs]
-        await asyncio.wait_for(self._p2p._client.connect(peer, addrs), self.timeout)
+        await self.host.connect(peer, holder.peer_addrs, self.timeout)
         request = swarm_pb2.WeightRequest(policy_version=version)
         stream = await asyncio.wait_for(
-            self._p2p.iterate_protobuf_handler(peer, PROTOCOL, request, swarm_pb2.WeightChunk), self.timeout
+            self.host.p2p.iterate_protobuf_handler(peer, PROTOCOL, request, swarm_pb2.WeightChunk),
+            self.timeout,
         )
         try:
             return await self._receive(stream, expected)
@@ -164,14 +182,13 @@ class P2PWeights(WeightTransport):
         return b"".join(parts)
 
     def close(self) -> None:
-        if self._p2p is not None:
-            p2p, self._p2p = self._p2p, None
+        host = getattr(self, "host", None)
+        if host is None:
+            return
+        if self._owns_host:
+            host.close()
+        elif host.p2p is not None:
             try:
-                self._call(asyncio.wait_for(p2p.shutdown(), 10))
-            except Exception as e:  # the daemon is being torn down anyway
-                log.warning("p2p shutdown: %s", e)
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-        if not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
+                host.call(host.p2p.remove_protobuf_handler(PROTOCOL, stream_output=True), timeout=10)
+            except Exception as e:
+                log.warning("removing the weight handler: %s", e)

@@ -40,6 +40,7 @@ def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Pat
         "join_token": TOKEN,
         "listen": f"127.0.0.1:{port}",
         "http_listen": "127.0.0.1:0",
+        "dht_listen": ["/ip4/127.0.0.1/tcp/0"],
         "state_dir": str(state_dir),
         "max_staleness": 1,
         "heartbeat_interval_s": 1.0,
@@ -78,8 +79,9 @@ class Network:
         return self.coordinator
 
     def start_node(
-        self, name: str, roles: str = "auto", *extra: str, weights: str = "file"
+        self, name: str, roles: str = "auto", *extra: str, weights: str = "file", state: str = ""
     ) -> subprocess.Popen:
+        """`swarmgrpo node` logging to root/<name>.log, its state in root/<state or name>."""
         args = [
             "node",
             "--join",
@@ -89,12 +91,11 @@ class Network:
             "--roles",
             roles,
             "--state-dir",
-            str(self.root / name),
+            str(self.root / (state or name)),
         ]
+        args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
         if weights == "file":
             args += ["--weights-dir", str(self.root / "weights")]
-        else:
-            args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
         args += extra
         return self.procs.start(name, args)
 

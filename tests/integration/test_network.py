@@ -6,8 +6,10 @@ against the real server and its database.
 """
 
 import json
+import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import grpc
@@ -63,6 +65,15 @@ def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
     network.start_coordinator()
     trainer = network.start_node("trainer", "train", weights="p2p")
     nodes = [network.start_node(f"rollout{i}", "rollout", weights="p2p") for i in range(2)]
+    # Every node joins the run's DHT through the coordinator's peer and announces itself there.
+    deadline, announced = time.monotonic() + 120, {}
+    while len(announced) < 3 and time.monotonic() < deadline:
+        status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
+        announced = status["dht"]["announced"]
+        time.sleep(0.5)
+    assert len(announced) == 3, f"the coordinator's DHT peer found {sorted(announced)}:\n{network.logs()}"
+    assert {r["role"] for r in announced.values()} == {"train", "rollout"}
+    assert {n["node_id"] for n in status["nodes"]} == set(announced)
     for p, name in [(trainer, "trainer"), *((n, f"rollout{i}") for i, n in enumerate(nodes))]:
         assert network.wait(p, 240, name) == 0, network.logs()
     with network.db() as db:
@@ -82,6 +93,8 @@ def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
         assert stale <= 1, "max_staleness = 1 was exceeded"
     for name in ("rollout0", "rollout1"):
         assert "synced to policy" in network.log(name), "rollout nodes fetched new weights from peers"
+    for name in ("trainer", "rollout0", "rollout1"):
+        assert re.search(r"DHT peer \S+ via [1-9]\d* bootstrap peers", network.log(name)), name
     assert "left the run (finished)" in network.log("rollout0")
     status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
     assert status["policy_version"] == 4 and status["counts"]["rollouts_trained"] == 8
@@ -217,3 +230,29 @@ def test_sigterm_leaves_cleanly(network):
     with network.db() as db:
         assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
         assert db.execute("SELECT COUNT(*) FROM leases WHERE state = 'open'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("network", [{"train": {"save_steps": 1, "max_steps": 4}}], indirect=True)
+def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
+    """Stopped after a step, a trainer started again on the same state folder takes its float32
+    weights, AdamW state and RNG from its checkpoint (no fetch from peers) and the run finishes."""
+    import signal
+
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train")
+    rollout = network.start_node("rollout", "rollout")
+    deadline = time.monotonic() + 180
+    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
+        assert time.monotonic() < deadline and trainer.poll() is None, network.logs()
+        time.sleep(0.5)
+    trainer.send_signal(signal.SIGTERM)  # finishes the step it is in (checkpoint included), then leaves
+    assert network.wait(trainer, 60, "trainer") == 0
+    stopped_at = _count(network, "SELECT MAX(version) FROM versions")
+    assert stopped_at < 4, "the run ended before the restart could be tested"
+    again = network.start_node("trainer-again", "train", state="trainer")
+    assert network.wait(again, 240, "trainer-again") == 0
+    assert network.wait(rollout, 120, "rollout") == 0
+    log = network.log("trainer-again")
+    assert f"optimizer state and RNG of policy {stopped_at}" in log, log[-3000:]
+    assert "synced to policy" not in log
+    assert _count(network, "SELECT MAX(version) FROM versions") == 4

@@ -53,7 +53,7 @@ def serve() -> None:
         data = _payload(version)
         weights.publish(version, data, _sha(data))
     weights.publish(3, _payload(3), _sha(b"not these bytes"))
-    p2pd = weights._p2p._child.pid
+    p2pd = weights.host.p2p._child.pid
     print(json.dumps({"peer_id": weights.peer_id, "addrs": weights.addrs, "p2pd": p2pd}), flush=True)
     sys.stdin.read()
     weights.close()
@@ -161,7 +161,7 @@ def test_dead_and_silent_holders_are_skipped(holder_a, client):
 
 def test_close_leaves_no_p2pd(holders):
     weights = P2PWeights()
-    p2pd = weights._p2p._child.pid
+    p2pd = weights.host.p2p._child.pid
     assert p2pd in _p2pd_children(os.getpid())
     weights.close()
     assert p2pd not in _p2pd_children(os.getpid())  # the module's `client` still has its own
