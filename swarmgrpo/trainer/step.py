@@ -71,6 +71,15 @@ class GRPOStep:
         metrics["train_s"] = time.perf_counter() - t0
         return metrics
 
+    def norm_of(self, groups: list[RolloutGroup]) -> LossNorm:
+        """The loss normaliser of these groups alone (all their completions, trained or not)."""
+        lengths = [len(c) for g in groups for c in g.completion_ids]
+        return LossNorm(len(lengths), sum(lengths), self.cfg.max_completion_length)
+
+    def shard_weight(self, groups: list[RolloutGroup]) -> float:
+        """This shard's weight when gradient workers average their own-normalised gradients."""
+        return self.norm_of(groups).denominator(self.cfg.loss_type)
+
     def compute_gradients(self, groups: list[RolloutGroup], norm: LossNorm | None = None) -> dict[str, float]:
         """Accumulate this batch's gradient into `.grad`; `norm` defaults to this batch's own counts."""
         cfg = self.cfg
@@ -78,7 +87,7 @@ class GRPOStep:
         adv_PG = compute_advantages(rewards_PG, cfg.advantage_estimator)
         lengths = [len(c) for g in groups for c in g.completion_ids]
         if norm is None:
-            norm = LossNorm(len(lengths), sum(lengths), cfg.max_completion_length)
+            norm = self.norm_of(groups)
         metrics = group_stats(rewards_PG)
         metrics["completion_len"] = sum(lengths) / len(lengths)
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "tis_mean": 0.0}

@@ -165,6 +165,19 @@ class LossNorm:
             max_completion_length=int(max_completion_length),
         )
 
+    def denominator(self, loss_type: str) -> float:
+        """What the `loss_type` aggregation divides by. The gradient of a batch made of shards is the
+        mean of the shards' own-normalised gradients weighted by this (what gradient workers use)."""
+        if loss_type == "grpo":
+            return float(self.num_sequences)
+        if loss_type == "dapo":
+            return float(max(self.num_tokens, 1))
+        if loss_type == "dr_grpo":
+            return float(self.num_sequences * self.max_completion_length)
+        raise ValueError(
+            f"no shard weight is known for loss_type '{loss_type}': add it to LossNorm.denominator"
+        )
+
     def __add__(self, other: "LossNorm") -> "LossNorm":
         if self.max_completion_length != other.max_completion_length:
             raise ValueError(

@@ -1,0 +1,198 @@
+"""Gradient all-reduce between N peer processes: bytes on the wire and seconds per round, per compression.
+
+    python benchmarks/allreduce.py                                  # SmolLM2-135M's gradients, N = 2, 3, 4
+    python benchmarks/allreduce.py --model tiny --peers 2 --rounds 2  # smoke test
+
+Each peer is its own process with its own libp2p host (loopback), holding random gradients shaped like
+the model's parameters (no weights are loaded: only the shapes matter). For every (compression, N)
+the peers run `--rounds` averaging rounds through `GradientAverager`, the same code gradient workers
+use; the table gives, per peer and round, the medians of bytes sent and of seconds, and the byte
+ratio against the float32 all-reduce of the same gradients.
+
+Emulated WAN (per-peer network namespaces, tbf bandwidth shaping, a delaying relay) is not part of
+this script yet: these figures are loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPRESSIONS = ("none", "fp16", "uint8", "powersgd")
+TARGET_POWERSGD_RATIO = 400
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--model", default="smollm2-135m", help="smollm2-135m or tiny: whose parameter shapes to use"
+    )
+    p.add_argument("--peers", default="2,3,4", help="comma-separated group sizes N")
+    p.add_argument("--compressions", default=",".join(COMPRESSIONS))
+    p.add_argument("--rank", type=int, default=1, help="PowerSGD rank")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per (compression, N); the first is warm-up")
+    p.add_argument("--json-out", default="")
+    p.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rounds < 2:
+        p.error("--rounds must be at least 2: the first round is warm-up")
+    return args
+
+
+def _shapes(model: str):
+    import torch
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    if model == "tiny":
+        from swarmgrpo.trainer.models import TinyShape
+
+        s = TinyShape()
+        config = LlamaConfig(
+            vocab_size=49152,
+            hidden_size=s.hidden_size,
+            num_hidden_layers=s.num_hidden_layers,
+            num_attention_heads=s.num_attention_heads,
+            num_key_value_heads=s.num_key_value_heads,
+            intermediate_size=s.intermediate_size,
+            tie_word_embeddings=True,
+        )
+    else:
+        from swarmgrpo.trainer.models import resolve_model_path
+
+        config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with torch.device("meta"):
+        net = LlamaForCausalLM(config)
+    return [tuple(p.shape) for p in net.parameters()]
+
+
+def peer_main(args) -> None:
+    """One peer: print its address; per command line, run rounds and print their figures."""
+    import torch
+
+    from swarmgrpo.node.allreduce import Member
+    from swarmgrpo.node.gradients import GradientAverager
+    from swarmgrpo.node.p2p_host import PeerHost
+
+    torch.set_num_threads(1)
+    shapes = _shapes(args.model)
+    params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
+    host = PeerHost()
+    print(json.dumps({"peer_id": host.peer_id, "addrs": host.addrs}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        members = [Member(p, tuple(a)) for p, a in cmd["members"]]
+        averager = GradientAverager(
+            host, params, compression=cmd["compression"], powersgd_rank=args.rank, timeout=600
+        )
+        gen = torch.Generator().manual_seed(cmd["me"])
+        results = []
+        for r in range(cmd["rounds"]):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen) * 1e-3
+            results.append(averager.average(f"{cmd['tag']}/{r}", members, cmd["me"], 1.0))
+        averager.close()
+        print(json.dumps(results), flush=True)
+    host.close()
+
+
+def _readline(proc, timeout=900):
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError(f"peer {proc.pid} said nothing in {timeout} s")
+    return json.loads(line)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.peer:
+        peer_main(args)
+        return 0
+    sizes = [int(x) for x in args.peers.split(",")]
+    compressions = args.compressions.split(",")
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--peer",
+        "--model",
+        args.model,
+        "--rank",
+        str(args.rank),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(max(sizes))
+    ]
+    rows = []
+    try:
+        infos = [_readline(p) for p in procs]
+        for n in sizes:
+            members = [[i["peer_id"], i["addrs"]] for i in infos[:n]]
+            for comp in compressions:
+                tag = f"{comp}-{n}-{time.time()}"
+                for me, p in enumerate(procs[:n]):
+                    line = {
+                        "members": members,
+                        "me": me,
+                        "compression": comp,
+                        "rounds": args.rounds,
+                        "tag": tag,
+                    }
+                    p.stdin.write(json.dumps(line) + "\n")
+                    p.stdin.flush()
+                per_peer = [_readline(p)[1:] for p in procs[:n]]  # drop the warm-up round
+                rounds = [r for peer in per_peer for r in peer]
+                rows.append(
+                    {
+                        "compression": comp if comp != "powersgd" else f"powersgd r{args.rank}",
+                        "peers": n,
+                        "bytes_per_peer": statistics.median(r["allreduce_bytes"] for r in rounds),
+                        "seconds": statistics.median(r["allreduce_s"] for r in rounds),
+                    }
+                )
+                print(
+                    f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
+                    f"{rows[-1]['seconds']:8.2f} s",
+                    flush=True,
+                )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    fp32 = {r["peers"]: r["bytes_per_peer"] for r in rows if r["compression"] == "none"}
+    print(
+        f"\nmodel {args.model}: {len(_shapes(args.model))} tensors; loopback, one libp2p host per peer process"
+    )
+    print(f"{'compression':14} {'N':>2} {'MB sent/peer':>13} {'x fewer':>8} {'s/round':>8}")
+    for r in rows:
+        ratio = fp32.get(r["peers"], 0) / r["bytes_per_peer"] if r["bytes_per_peer"] else 0
+        r["ratio_vs_fp32"] = ratio
+        print(
+            f"{r['compression']:14} {r['peers']:>2} {r['bytes_per_peer'] / 1e6:>13.3f} {ratio:>8.1f} {r['seconds']:>8.2f}"
+        )
+    psgd = [r["ratio_vs_fp32"] for r in rows if r["compression"].startswith("powersgd")]
+    if psgd:
+        print(
+            f"PowerSGD r{args.rank} sends {min(psgd):.0f}x fewer bytes than fp32 (target >= {TARGET_POWERSGD_RATIO}x)"
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"rows": rows, "argv": sys.argv[1:]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

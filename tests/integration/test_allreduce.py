@@ -1,0 +1,237 @@
+"""All-reduce between real peers: this process is member 0, two member processes run beside it.
+
+Every codec averages (8-bit and PowerSGD move every member onto the mean, up to their error), every
+member ends with bitwise-identical values, a member that dies fails the round with its index named,
+and hivemind's own 8-bit codec decodes again (its NumPy 2 bug, worked around in `compression`).
+"""
+
+import hashlib
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from swarmgrpo.node import compression
+from swarmgrpo.node.allreduce import AllReduce, AllReduceError, Member
+from swarmgrpo.node.p2p_host import PeerHost
+from swarmgrpo.node.powersgd import PowerSGD
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = 100_003  # not a multiple of 3: uneven slices
+SHAPES = [(64, 96), (300,), (40, 50)]  # PowerSGD: two matrices and a vector
+WEIGHTS = [1.0, 2.0, 3.0]
+
+
+def _vector(seed: int) -> torch.Tensor:
+    return torch.randn(SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _grads(seed: int, step: int = 0) -> list[torch.Tensor]:
+    """Near rank-1 matrices whose scale depends on the member: their mean is near rank 1 as well."""
+    g = torch.Generator().manual_seed(1000 + step)
+    u, v = torch.randn(64, 1, generator=g), torch.randn(1, 96, generator=g)
+    u2, v2 = torch.randn(40, 1, generator=g), torch.randn(1, 50, generator=g)
+    noise = torch.Generator().manual_seed(seed)
+    return [
+        (1 + seed) * u @ v + 0.01 * torch.randn(64, 96, generator=noise),
+        torch.randn(300, generator=noise),
+        (2 - seed) * u2 @ v2 + 0.01 * torch.randn(40, 50, generator=noise),
+    ]
+
+
+def _sha(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run(reducer, psgd, cmd):
+    members = [Member(p, tuple(a)) for p, a in cmd["members"]]
+    me, weight = cmd["me"], WEIGHTS[cmd["me"]]
+    if cmd["codec"] == "powersgd":
+        out = psgd.reduce(reducer, cmd["round"], members, me, _grads(me, cmd.get("step", 0)), weight)
+        return out, psgd.last_bytes_sent
+    out = reducer.run(cmd["round"], members, me, _vector(me), weight, codec=cmd["codec"])
+    return [out], reducer.last_bytes_sent
+
+
+def member_main() -> None:
+    """Member process: print its address, then run one round per command line until stdin closes."""
+    host = PeerHost()
+    reducer = AllReduce(host, timeout=float(sys.argv[1]))
+    psgd = PowerSGD(SHAPES, rank=1)
+    print(json.dumps({"peer_id": host.peer_id, "addrs": host.addrs}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        try:
+            out, sent = _run(reducer, psgd, cmd)
+            torch.save(out, cmd["out"])
+            print(json.dumps({"sha": _sha(out), "bytes": sent}), flush=True)
+        except AllReduceError as e:
+            print(json.dumps({"error": str(e), "missing": e.missing}), flush=True)
+    reducer.close()
+    host.close()
+
+
+def _readline(proc, timeout=90) -> dict:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        proc.stderr_file.seek(0)
+        pytest.fail(f"member said nothing in {timeout} s; its stderr:\n{proc.stderr_file.read()[-3000:]}")
+    return json.loads(line)
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("allreduce")
+    procs = []
+    for _ in range(2):
+        stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from tests.integration.test_allreduce import member_main; member_main()",
+                "10",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        proc.stderr_file = stderr
+        procs.append(proc)
+    host = PeerHost()
+    reducer = AllReduce(host, timeout=10)
+    try:
+        infos = [_readline(p) for p in procs]
+        members = [[host.peer_id, host.addrs]] + [[i["peer_id"], i["addrs"]] for i in infos]
+        yield {
+            "procs": procs,
+            "reducer": reducer,
+            "members": members,
+            "tmp": tmp,
+            "psgd": PowerSGD(SHAPES, rank=1),
+        }
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.stdin.close()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            p.stderr_file.close()
+        reducer.close()
+        host.close()
+
+
+def _round(group, name, codec, members=None, **extra):
+    """One round on all live members; returns (per-member outputs, shas, bytes sent) in member order."""
+    members = members or group["members"]
+    procs = group["procs"][: len(members) - 1]
+    for i, p in enumerate(procs, start=1):
+        cmd = {
+            "round": name,
+            "members": members,
+            "me": i,
+            "codec": codec,
+            "out": str(group["tmp"] / f"{name}-{i}.pt"),
+        }
+        p.stdin.write(json.dumps({**cmd, **extra}) + "\n")
+        p.stdin.flush()
+    mine, sent = _run(
+        group["reducer"], group["psgd"], {"round": name, "members": members, "me": 0, "codec": codec, **extra}
+    )
+    answers = [_readline(p) for p in procs]
+    for a in answers:
+        assert "error" not in a, a
+    outs = [mine] + [torch.load(group["tmp"] / f"{name}-{i}.pt") for i in range(1, len(members))]
+    return outs, [_sha(mine)] + [a["sha"] for a in answers], [sent] + [a["bytes"] for a in answers]
+
+
+def _weighted_mean(weights, vectors):
+    weights = weights[: len(vectors)]
+    return sum(w * v.double() for w, v in zip(weights, vectors, strict=True)) / sum(weights)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "uint8"])
+def test_every_codec_averages_and_every_member_gets_identical_bytes(group, codec):
+    outs, shas, sent = _round(group, f"codec-{codec}", codec)
+    assert len(set(shas)) == 1, "members disagree"
+    mean = _weighted_mean(WEIGHTS, [_vector(i) for i in range(3)]).float()
+    result = outs[0][0]
+    spread = min((_vector(i) - mean).norm() for i in range(3))
+    err = (result - mean).norm()
+    if codec == "none":
+        torch.testing.assert_close(result, mean, atol=1e-6, rtol=1e-6)
+    elif codec == "fp16":
+        torch.testing.assert_close(result, mean, atol=2e-3, rtol=1e-3)
+    else:  # 8-bit: 256 levels over ±3σ; much closer to the mean than any member started
+        assert err < 0.05 * spread, (err, spread)
+    full = SIZE * 4
+    expected = {"none": 1.0, "fp16": 0.5, "uint8": 0.25}[codec] * full * 2 * 2 / 3  # 2·(N−1)/N of the vector
+    # Within 5%: message headers, and the 8-bit codebook (256 floats per slice).
+    assert all(abs(s - expected) / expected < 0.05 for s in sent), (sent, expected)
+
+
+def test_powersgd_tracks_the_mean_with_identical_results_and_far_fewer_bytes(group):
+    total_err, sent = [], []
+    for step in range(3):
+        outs, shas, sent = _round(group, f"psgd-{step}", "powersgd", step=step)
+        assert len(set(shas)) == 1, "members disagree"
+        means = [_weighted_mean(WEIGHTS, [_grads(i, step)[k] for i in range(3)]).float() for k in range(3)]
+        for k in (0, 2):  # the matrices: near rank 1, so a rank-1 average is close
+            rel = (outs[0][k] - means[k]).norm() / means[k].norm()
+            assert rel < 0.05, (step, k, float(rel))
+        torch.testing.assert_close(outs[0][1], means[1], atol=2e-3, rtol=1e-3)  # the vector, fp16
+        total_err.append(sum(float((outs[0][k] - means[k]).norm()) for k in (0, 2)))
+    full = sum(torch.Size(s).numel() for s in SHAPES) * 4 * 2 * 2 / 3
+    assert max(sent) < full / 10, (sent, full)
+
+
+def test_a_silent_member_fails_the_round_and_is_named(group):
+    members = group["members"]
+    # Member 2 is told nothing: it never sends, so members 0 and 1 time out waiting for its parts.
+    p = group["procs"][0]
+    p.stdin.write(
+        json.dumps({"round": "silent", "members": members, "me": 1, "codec": "none", "out": "/dev/null"})
+        + "\n"
+    )
+    p.stdin.flush()
+    with pytest.raises(AllReduceError, match=r"no part from members \[2\]") as caught:
+        _run(
+            group["reducer"], group["psgd"], {"round": "silent", "members": members, "me": 0, "codec": "none"}
+        )
+    assert caught.value.missing == [2]
+    answer = _readline(p)
+    assert answer["missing"] == [2], answer
+    # The survivors go on without it.
+    outs, shas, _ = _round(group, "survivors", "none", members=members[:2])
+    assert len(set(shas)) == 1
+    torch.testing.assert_close(outs[0][0], _weighted_mean(WEIGHTS[:2], [_vector(0), _vector(1)]).float())
+
+
+def test_hivemind_8bit_codec_decodes_under_numpy_2():
+    from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+    from hivemind.proto import runtime_pb2
+
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    for kind in (runtime_pb2.UNIFORM_8BIT, runtime_pb2.QUANTILE_8BIT):
+        y = deserialize_torch_tensor(serialize_torch_tensor(x, kind))
+        assert (y - x).norm() < 0.05 * x.norm()
+    constant = compression.decode(compression.encode("uint8", torch.full((7,), 2.5)))
+    assert torch.equal(constant, torch.full((7,), 2.5))
