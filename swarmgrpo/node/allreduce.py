@@ -21,6 +21,7 @@ figure for an all-reduce; `last_bytes_sent` counts the payload this member sent 
 
 Failure: a member that does not deliver within `timeout` seconds fails the round for everyone
 (`AllReduceError.missing` names the members not heard from); the caller retries without them.
+Sends are retried until then, so members need not start a round at the same moment.
 """
 
 from __future__ import annotations
@@ -142,7 +143,18 @@ class AllReduce:
         self, sends: list[tuple[int, Member, swarm_pb2.AllReducePart, bytes]], deadline
     ) -> None:
         async def one(member, head, data):
-            await asyncio.wait_for(self._send(member, head, data), max(deadline - time.monotonic(), 0.01))
+            # Retried until the deadline: a member may not have registered its handler yet (it is
+            # still loading its model), or a dial may fail once; a dead member fails every try.
+            pause = 0.1
+            while True:
+                try:
+                    left = max(deadline - time.monotonic(), 0.01)
+                    return await asyncio.wait_for(self._send(member, head, data), left)
+                except Exception:
+                    if time.monotonic() + pause >= deadline:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 2.0)
 
         results = await asyncio.gather(*(one(m, h, d) for _, m, h, d in sends), return_exceptions=True)
         failed = [

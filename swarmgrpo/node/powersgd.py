@@ -9,7 +9,7 @@ instead of in full: with M = G + e (e: what earlier steps' approximations left o
     P = M Q          all-reduced (fp16)      → P̂ = orthonormal basis of mean(P)
     Q = Mᵀ P̂         all-reduced (fp16)      → Q̂ = mean(Q)
     approximation    P̂ Q̂ᵀ                    (identical on every member: built from all-reduced bytes)
-    e ← M − P̂ Q̂ᵀ     and Q̂ warm-starts the next step
+    e ← M − P̂ Qᵀ      (this member's own residual; Q̂ warm-starts the next step)
 
 Vectors (norm weights) and matrices too small to gain ride along in the first all-reduce as fp16.
 Bytes per step for a [576, 1536] matrix at rank 1: (576 + 1536) × 2 bytes instead of 576 × 1536 × 4,
@@ -78,11 +78,12 @@ class PowerSGD:
         self.last_bytes_sent = sent + reducer.last_bytes_sent
         q_mean = _unflat(second, [q.shape for q in q_local])
         out: list[torch.Tensor | None] = [None] * len(self.shapes)
-        for i, p, q in zip(self.matrices, p_hat, q_mean, strict=True):
-            approx = p @ q.T
-            self.error[i] = m_mats[i] - approx
+        for i, p, q, q_own in zip(self.matrices, p_hat, q_mean, q_local, strict=True):
+            # What this member's own compression missed (its M minus its own rank-r projection
+            # P̂ P̂ᵀ M); the mean of the members' projections is what the group applies.
+            self.error[i] = m_mats[i] - p @ q_own.T
             self.q[i] = q
-            out[i] = approx.reshape(self.shapes[i])
+            out[i] = (p @ q.T).reshape(self.shapes[i])
         for i, r in zip(self.rest, rest_mean, strict=True):
             out[i] = r.reshape(self.shapes[i])
         return out

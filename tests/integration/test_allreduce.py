@@ -34,11 +34,11 @@ def _vector(seed: int) -> torch.Tensor:
 
 
 def _grads(seed: int, step: int = 0) -> list[torch.Tensor]:
-    """Near rank-1 matrices whose scale depends on the member: their mean is near rank 1 as well."""
-    g = torch.Generator().manual_seed(1000 + step)
+    """Near rank-1 matrices (the same directions every step, scaled per member) plus fresh noise."""
+    g = torch.Generator().manual_seed(1000)
     u, v = torch.randn(64, 1, generator=g), torch.randn(1, 96, generator=g)
     u2, v2 = torch.randn(40, 1, generator=g), torch.randn(1, 50, generator=g)
-    noise = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(100 * step + seed)
     return [
         (1 + seed) * u @ v + 0.01 * torch.randn(64, 96, generator=noise),
         torch.randn(300, generator=noise),
@@ -189,16 +189,21 @@ def test_every_codec_averages_and_every_member_gets_identical_bytes(group, codec
 
 
 def test_powersgd_tracks_the_mean_with_identical_results_and_far_fewer_bytes(group):
-    total_err, sent = [], []
-    for step in range(3):
+    """One power iteration from a random start is rough; warm-started from the last step's Q it
+    converges, and error feedback carries what an approximation missed into the next step."""
+    sums, mean_sums, sent = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], []
+    for step in range(4):
         outs, shas, sent = _round(group, f"psgd-{step}", "powersgd", step=step)
         assert len(set(shas)) == 1, "members disagree"
         means = [_weighted_mean(WEIGHTS, [_grads(i, step)[k] for i in range(3)]).float() for k in range(3)]
-        for k in (0, 2):  # the matrices: near rank 1, so a rank-1 average is close
-            rel = (outs[0][k] - means[k]).norm() / means[k].norm()
-            assert rel < 0.05, (step, k, float(rel))
+        for k in (0, 2):  # the matrices: near rank 1, so a rank-1 average is close once warm
+            rel = float((outs[0][k] - means[k]).norm() / means[k].norm())
+            assert rel < (0.2 if step < 2 else 0.03), (step, k, rel)
+            sums[k] = sums[k] + outs[0][k]
+            mean_sums[k] = mean_sums[k] + means[k]
         torch.testing.assert_close(outs[0][1], means[1], atol=2e-3, rtol=1e-3)  # the vector, fp16
-        total_err.append(sum(float((outs[0][k] - means[k]).norm()) for k in (0, 2)))
+    for k in (0, 2):  # error feedback: over 4 steps, what was applied is within one step's error of the truth
+        assert float((sums[k] - mean_sums[k]).norm() / mean_sums[k].norm()) < 0.03, k
     full = sum(torch.Size(s).numel() for s in SHAPES) * 4 * 2 * 2 / 3
     assert max(sent) < full / 10, (sent, full)
 

@@ -162,5 +162,12 @@ def test_workers_take_the_single_worker_step_on_the_union_of_their_shards(
     start = _flat_weights(load_model("tiny", seed=0)[0])
     moved = (reference - start).abs().max()
     assert moved > 1e-3, "the steps did not move the weights: the comparison would say nothing"
-    tol = 1e-6 if compression == "none" else 2e-4  # fp16 gradients: relative error ~5e-4, times lr
-    torch.testing.assert_close(mine, reference, atol=tol, rtol=0)
+    if compression == "none":
+        # Float32 sums in another order, through AdamW's division by sqrt(v) + eps: a few 1e-6.
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+    else:
+        # fp16 (scaled by the part's mean and std) gradients: AdamW normalises every element, so
+        # rounding shows in the update, but only just. Unscaled fp16 flushed this tiny model's
+        # smallest gradients to zero and moved the update by 42% of its norm.
+        rel = float((mine - reference).norm() / (reference - start).norm())
+        assert rel < 0.01, rel
