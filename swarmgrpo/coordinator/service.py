@@ -18,7 +18,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import grpc
 
@@ -67,6 +67,18 @@ class Run:
         return self.task.reward(text, ex, len(token_ids), self.cfg.train.max_completion_length)
 
 
+@dataclass
+class StepTeam:
+    """The gradient workers of one step (in memory: after a coordinator restart the step's team is
+    formed again, and reports of the lost team are refused, so its workers re-sync)."""
+
+    members: list[str]
+    shards: dict[str, list[int]]  # node id -> rollout ids
+    attempt: int = 0
+    reports: dict[str, tuple[str, dict]] = field(default_factory=dict)  # node id -> (hash, metrics)
+    winner: str = ""
+
+
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def __init__(
         self, cfg: RunConfig, store: Store, run: Run, status_fn=None, dht_addrs: list[str] | None = None
@@ -76,6 +88,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.run = run
         self.status_fn = status_fn
         self.dht_addrs = list(dht_addrs or [])
+        self.teams: dict[int, StepTeam] = {}
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
         self.limits = validate.Limits(run.vocab_size, t.num_generations, t.max_completion_length)
@@ -235,7 +248,20 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         first_unbatched = v + 1 if self.store.has_batch(v) else v
         return max(0, min(v + k, self.cfg.train.max_steps - 1) - first_unbatched + 1)
 
+    def publish_if_complete(self) -> None:
+        """Publish a step whose reporting workers all agree once the silent rest are gone (called
+        every second by the server: the last report may have come before a worker died)."""
+        v = self.version
+        team = self.teams.get(v)
+        if team is None or not team.reports or team.winner:
+            return
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
+        if not any(m not in team.reports and last_seen.get(m, 0) >= alive for m in team.members):
+            self._publish(v, team)
+
     def expire_leases(self, now: float | None = None) -> int:
+        self.publish_if_complete()
         expired = self.store.open_leases(expired_by=time.time() if now is None else now)
         if expired:
             with self.store.tx():
@@ -388,6 +414,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     async def TrainBatch(self, request, context):
         await self._checked("TrainBatch", request, context, validate.train_batch)
         v, k = self.version, self.cfg.max_staleness
+        node_id = request.auth.node_id
         reply = swarm_pb2.TrainBatchReply(step=v)
         if self.finished:
             reply.status, reply.message = (
@@ -409,14 +436,28 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 if self.store.unused_rollouts(v - k) >= self.prompts_per_step:
                     self.store.assign_batch(v, self.prompts_per_step, v - k)
                     batch = self.store.batch(v)
-                    self.store.touch_node(request.auth.node_id, activity="training")
         if not batch:
             have = self.store.unused_rollouts(v - k)
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.25
             reply.message = f"step {v} has {have}/{self.prompts_per_step} groups"
             return reply
-        reply.status = swarm_pb2.BATCH_READY
-        for r in batch:
+        team = self.teams.get(v) or self._form_team(v, batch, node_id)
+        if request.missing_node_ids and request.failed_attempt == team.attempt:
+            self._drop_workers(v, team, set(request.missing_node_ids) - {node_id})
+        if node_id not in team.members:
+            reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.5
+            reply.message = f"step {v} is trained by {len(team.members)} other workers; join the next step"
+            return reply
+        with self.store.tx():
+            self.store.touch_node(node_id, activity="training")
+        reply.status, reply.attempt = swarm_pb2.BATCH_READY, team.attempt
+        reply.shard_index = team.members.index(node_id)
+        nodes = {n["node_id"]: n for n in self.store.nodes()}
+        for m in team.members:
+            reply.workers.add(node_id=m, peer_id=nodes[m]["peer_id"], peer_addrs=nodes[m]["peer_addrs"])
+        by_id = {r.id: r for r in batch}
+        for rid in team.shards[node_id]:
+            r = by_id[rid]
             _, prompt_ids = self.store.prompt(r.prompt_index)
             g = reply.groups.add(
                 prompt_index=r.prompt_index,
@@ -428,20 +469,108 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 g.completions.add(token_ids=ids, logprobs=lps)
         return reply
 
+    def _form_team(self, step: int, batch, asking: str) -> StepTeam:
+        """The step's gradient workers: the live train-role nodes now (the asking one included), in
+        node-id order, each with every N-th group of the batch (by prompt index)."""
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        live = {
+            n["node_id"]
+            for n in self.store.nodes()
+            if "ROLE_TRAIN" in n["roles"]
+            and n["left_at"] is None
+            and n["last_seen"] >= alive
+            and n["peer_id"]
+        }
+        members = sorted(live | {asking})[: len(batch)]
+        if asking not in members:  # more workers than groups: the asking one takes another's place
+            members = sorted([*members[:-1], asking])
+        ordered = [r.id for r in sorted(batch, key=lambda r: r.prompt_index)]
+        shards = {m: ordered[i :: len(members)] for i, m in enumerate(members)}
+        self.teams = {s: t for s, t in self.teams.items() if s >= step}  # older steps are done
+        self.teams[step] = team = StepTeam(members, shards)
+        if len(members) > 1:
+            log.info("step %d: %d gradient workers %s", step, len(members), [m[:8] for m in members])
+        return team
+
+    def _drop_workers(self, step: int, team: StepTeam, missing: set[str]) -> None:
+        dropped = [m for m in team.members if m in missing]
+        if not dropped:
+            return
+        with self.store.tx():
+            for m in dropped:
+                self.store.unassign(team.shards.pop(m))
+        team.members = [m for m in team.members if m not in missing]
+        team.attempt += 1
+        team.reports.clear()
+        log.warning(
+            "step %d: workers %s dropped (all-reduce failed); their shards go back to the pool; attempt %d",
+            step,
+            [m[:8] for m in dropped],
+            team.attempt,
+        )
+
     async def ReportStep(self, request, context):
         await self._checked("ReportStep", request, context, validate.step_report)
-        v = self.version
-        if request.step != v or not self.store.has_batch(v):
+        v, node_id = self.version, request.auth.node_id
+        team = self.teams.get(v)
+        if request.step != v or not self.store.has_batch(v) or team is None or node_id not in team.members:
             return swarm_pb2.StepReply(
                 status=swarm_pb2.STEP_REJECTED,
                 policy_version=v,
-                message=f"step {request.step} is not the run's open step {v} with a batch; re-sync to version {v}",
+                message=f"step {request.step} is not the run's open step {v} with a batch you train; re-sync to version {v}",
             )
+        if request.attempt != team.attempt:
+            return swarm_pb2.StepReply(
+                status=swarm_pb2.STEP_REJECTED,
+                policy_version=v,
+                message=f"attempt {request.attempt} of step {v} was replaced by attempt {team.attempt}; re-sync",
+            )
+        team.reports[node_id] = (request.weight_hash, dict(request.metrics))
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
+        waiting = [m for m in team.members if m not in team.reports and last_seen.get(m, 0) >= alive]
+        if waiting:
+            return swarm_pb2.StepReply(
+                status=swarm_pb2.STEP_PENDING,
+                policy_version=v,
+                message=f"waiting for {len(waiting)} other workers of step {v}",
+            )
+        self._publish(v, team)
+        return self._step_reply(v, team, node_id)
+
+    def _publish(self, v: int, team: StepTeam) -> None:
+        """Version v + 1 is the weights most workers reported (ties: the first in worker order);
+        a worker whose hash differs is flagged and told to re-sync."""
+        counts: dict[str, int] = {}
+        for m in team.members:
+            if m in team.reports:
+                counts[team.reports[m][0]] = counts.get(team.reports[m][0], 0) + 1
+        order = [team.reports[m][0] for m in team.members if m in team.reports]
+        winner = max(counts, key=lambda h: (counts[h], -order.index(h)))
+        agreed = [m for m in team.members if m in team.reports and team.reports[m][0] == winner]
+        metrics = dict(team.reports[agreed[0]][1])
+        metrics["workers"] = float(len(agreed))
         with self.store.tx():
-            self.store.add_version(v + 1, request.weight_hash, request.auth.node_id, dict(request.metrics))
-            self.store.add_counts(request.auth.node_id, steps=1)
-            self.store.touch_node(request.auth.node_id, policy_version=v + 1, activity="published")
-        log.info(
-            "version %d published by %s (hash %s)", v + 1, request.auth.node_id[:8], request.weight_hash[:12]
+            self.store.add_version(v + 1, winner, agreed[0], metrics)
+            for m in agreed:
+                self.store.add_counts(m, steps=1)
+                self.store.touch_node(m, policy_version=v + 1, activity="published")
+        team.winner = winner
+        diverged = [m[:8] for m in team.members if m in team.reports and team.reports[m][0] != winner]
+        if diverged:
+            log.warning(
+                "step %d: workers %s reported other weights than the %d that agree; they re-sync",
+                v,
+                diverged,
+                len(agreed),
+            )
+        log.info("version %d published by %d worker(s) (hash %s)", v + 1, len(agreed), winner[:12])
+
+    def _step_reply(self, v: int, team: StepTeam, node_id: str) -> swarm_pb2.StepReply:
+        if team.reports[node_id][0] == team.winner:
+            return swarm_pb2.StepReply(status=swarm_pb2.STEP_PUBLISHED, policy_version=v + 1)
+        return swarm_pb2.StepReply(
+            status=swarm_pb2.STEP_REJECTED,
+            policy_version=v + 1,
+            message=f"your weights differ from the {v + 1} the other workers agreed on; re-sync from them",
         )
-        return swarm_pb2.StepReply(status=swarm_pb2.STEP_PUBLISHED, policy_version=v + 1)

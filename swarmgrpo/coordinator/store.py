@@ -282,6 +282,11 @@ class Store:
         self.db.executemany("UPDATE rollouts SET step = ? WHERE id = ?", [(step, r[0]) for r in rows])
         return [r[0] for r in rows]
 
+    def unassign(self, rollout_ids: list[int]) -> None:
+        """Rollouts of a batch that were not trained (their gradient worker was dropped): back to the
+        unused pool, for a later step (or dropped there as stale, like any other)."""
+        self.db.executemany("UPDATE rollouts SET step = NULL WHERE id = ?", [(r,) for r in rollout_ids])
+
     def has_batch(self, step: int) -> bool:
         return (
             self.db.execute("SELECT 1 FROM rollouts WHERE step = ? LIMIT 1", (step,)).fetchone() is not None

@@ -24,8 +24,10 @@ import torch
 from safetensors.torch import load_file
 
 import swarmgrpo
+from swarmgrpo.node.allreduce import AllReduceError, Member
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+from swarmgrpo.node.gradients import GradientAverager
 from swarmgrpo.node.hardware import probe
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.node.p2p_weights import P2PWeights
@@ -75,6 +77,8 @@ class Node:
         self.run_id = ""
         self.role = ""
         self.resume_from: Path | None = None
+        self.averager: GradientAverager | None = None
+        self.attempt = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,6 +142,8 @@ class Node:
             except Exception as e:  # leaving is best effort: the leases expire anyway
                 log.warning("could not say goodbye to the coordinator: %s", e)
             self.transport.close()
+            if self.averager is not None:
+                self.averager.close()
             self.host.close()
             self.client.close()
 
@@ -174,10 +180,10 @@ class Node:
 
     # ------------------------------------------------------------------ weights
 
-    def sync(self, policy: swarm_pb2.PolicyState) -> bool:
+    def sync(self, policy: swarm_pb2.PolicyState, force: bool = False) -> bool:
         """Load the newest published version from a peer that holds it; False (logged) if none could
         serve it now: the caller goes on and asks again, when the coordinator may name other holders."""
-        if policy.policy_version == self.version or policy.finished:
+        if (policy.policy_version == self.version and not force) or policy.finished:
             return True
         self.activity = "syncing"
         t0 = time.perf_counter()
@@ -192,6 +198,55 @@ class Node:
         self.version = policy.policy_version
         log.info(
             "synced to policy %d (%.1f MB in %.2f s)", self.version, len(data) / 1e6, time.perf_counter() - t0
+        )
+        return True
+
+    def _average(self, step: GRPOStep, reply: swarm_pb2.TrainBatchReply, groups) -> dict | None:
+        """All-reduce this shard's gradient with the step's other workers; on a failure, tell the
+        coordinator who was missing and go again with the workers it names. None: dropped."""
+        if self.averager is None:
+            self.averager = GradientAverager(
+                self.host,
+                self.model,
+                self.cfg.grad_compression,
+                self.cfg.powersgd_rank,
+                timeout=self.cfg.allreduce_timeout_s,
+            )
+        weight = step.shard_weight(groups)
+        while not self.stop.is_set():
+            members = [Member(w.peer_id, tuple(w.peer_addrs)) for w in reply.workers]
+            round_id = f"{self.run_id}/{self.version}/{reply.attempt}"
+            try:
+                stats = self.averager.average(round_id, members, reply.shard_index, weight)
+                stats["workers"] = float(len(members))
+                return stats
+            except AllReduceError as e:
+                missing = [reply.workers[i].node_id for i in e.missing]
+                log.warning("step %d attempt %d: all-reduce failed (%s)", self.version, reply.attempt, e)
+                reply = self.client.train_batch(self.version, reply.attempt, missing)
+                if reply.status != swarm_pb2.BATCH_READY:
+                    return None
+                self.attempt = reply.attempt
+                if len(reply.workers) == 1:
+                    return {"workers": 1.0}
+        return None
+
+    def _await_publication(self, sha: str) -> swarm_pb2.StepReply:
+        """The other workers of the step have not all reported yet: wait for the version."""
+        target = self.version + 1
+        deadline = time.monotonic() + 120.0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            policy = self.client.policy()
+            if policy.policy_version >= target:
+                if policy.policy_version == target and policy.weight_hash == sha:
+                    return swarm_pb2.StepReply(status=swarm_pb2.STEP_PUBLISHED, policy_version=target)
+                return swarm_pb2.StepReply(
+                    status=swarm_pb2.STEP_REJECTED,
+                    message=f"version {target} was published with other weights",
+                )
+            self._wait(0.2)
+        return swarm_pb2.StepReply(
+            status=swarm_pb2.STEP_REJECTED, message="the step was not published in time"
         )
 
     def _own_checkpoint(self, policy: swarm_pb2.PolicyState) -> Path | None:
@@ -307,6 +362,8 @@ class Node:
                 self._wait(reply.retry_after_s)
                 continue
             self.activity = "training"
+            t0 = time.perf_counter()
+            self.attempt = reply.attempt
             groups = [
                 RolloutGroup(
                     prompt_ids=list(g.prompt_token_ids),
@@ -317,15 +374,29 @@ class Node:
                 )
                 for g in reply.groups
             ]
-            metrics = step.train(groups)
+            metrics = step.compute_gradients(groups)
+            if len(reply.workers) > 1:
+                stats = self._average(step, reply, groups)
+                if stats is None:  # dropped from the step: its gradient is not wanted any more
+                    step.discard()
+                    continue
+                metrics.update(stats)
+            metrics.update(step.apply())
+            metrics["train_s"] = time.perf_counter() - t0
             staleness = [self.version - g.policy_version for g in groups]
             metrics["staleness_mean"] = sum(staleness) / len(staleness)
             data, sha = encode(self.model, self.opts.weights_dtype)
             self.transport.publish(self.version + 1, data, sha)
-            result = self.client.report_step(self.version, sha, {k: float(v) for k, v in metrics.items()})
+            metrics = {k: float(v) for k, v in metrics.items()}
+            result = self.client.report_step(self.version, sha, metrics, attempt=self.attempt)
+            if result.status == swarm_pb2.STEP_PENDING:
+                result = self._await_publication(sha)
             if result.status != swarm_pb2.STEP_PUBLISHED:
+                # The weights just stepped are not the run's: take the run's current version.
                 log.warning("step %d not published: %s", self.version, result.message)
-                self._catch_up()
+                while not self.stop.is_set() and not self.sync(self.client.policy(), force=True):
+                    pass
+                step.version = self.version
                 continue
             self.version = step.version = result.policy_version
             log.info(

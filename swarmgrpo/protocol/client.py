@@ -69,12 +69,20 @@ class CoordinatorClient:
     def submit(self, request: swarm_pb2.SubmitRequest) -> swarm_pb2.SubmitReply:
         return self.call("Submit", request)
 
-    def train_batch(self, step: int) -> swarm_pb2.TrainBatchReply:
-        return self.call("TrainBatch", swarm_pb2.TrainBatchRequest(step=step))
+    def train_batch(
+        self, step: int, failed_attempt: int = 0, missing_node_ids: list[str] = ()
+    ) -> swarm_pb2.TrainBatchReply:
+        request = swarm_pb2.TrainBatchRequest(
+            step=step, failed_attempt=failed_attempt, missing_node_ids=list(missing_node_ids)
+        )
+        return self.call("TrainBatch", request)
 
-    def report_step(self, step: int, weight_hash: str, metrics: dict[str, float]) -> swarm_pb2.StepReply:
+    def report_step(
+        self, step: int, weight_hash: str, metrics: dict[str, float], attempt: int = 0
+    ) -> swarm_pb2.StepReply:
         return self.call(
-            "ReportStep", swarm_pb2.StepReport(step=step, weight_hash=weight_hash, metrics=metrics)
+            "ReportStep",
+            swarm_pb2.StepReport(step=step, weight_hash=weight_hash, metrics=metrics, attempt=attempt),
         )
 
     def leave(self, reason: str) -> swarm_pb2.LeaveReply:

@@ -42,6 +42,7 @@ class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_STATUS_UNSPECIFIED: _ClassVar[StepStatus]
     STEP_PUBLISHED: _ClassVar[StepStatus]
     STEP_REJECTED: _ClassVar[StepStatus]
+    STEP_PENDING: _ClassVar[StepStatus]
 ROLE_UNSPECIFIED: Role
 ROLE_ROLLOUT: Role
 ROLE_TRAIN: Role
@@ -63,6 +64,7 @@ BATCH_FINISHED: BatchStatus
 STEP_STATUS_UNSPECIFIED: StepStatus
 STEP_PUBLISHED: StepStatus
 STEP_REJECTED: StepStatus
+STEP_PENDING: StepStatus
 
 class Auth(_message.Message):
     __slots__ = ("node_id", "public_key", "nonce", "timestamp_ms", "signature")
@@ -285,12 +287,16 @@ class GroupRewards(_message.Message):
     def __init__(self, rewards: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrainBatchRequest(_message.Message):
-    __slots__ = ("auth", "step")
+    __slots__ = ("auth", "step", "failed_attempt", "missing_node_ids")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ...) -> None: ...
+    failed_attempt: int
+    missing_node_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., failed_attempt: _Optional[int] = ..., missing_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainGroup(_message.Message):
     __slots__ = ("prompt_index", "prompt_token_ids", "completions", "rewards", "policy_version")
@@ -306,24 +312,40 @@ class TrainGroup(_message.Message):
     policy_version: int
     def __init__(self, prompt_index: _Optional[int] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., rewards: _Optional[_Iterable[float]] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
+class Worker(_message.Message):
+    __slots__ = ("node_id", "peer_id", "peer_addrs")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    peer_id: str
+    peer_addrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., peer_id: _Optional[str] = ..., peer_addrs: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class TrainBatchReply(_message.Message):
-    __slots__ = ("status", "step", "groups", "retry_after_s", "message", "policy")
+    __slots__ = ("status", "step", "groups", "retry_after_s", "message", "policy", "shard_index", "workers", "attempt")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     status: BatchStatus
     step: int
     groups: _containers.RepeatedCompositeFieldContainer[TrainGroup]
     retry_after_s: float
     message: str
     policy: PolicyState
-    def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ...) -> None: ...
+    shard_index: int
+    workers: _containers.RepeatedCompositeFieldContainer[Worker]
+    attempt: int
+    def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ..., shard_index: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("auth", "step", "weight_hash", "metrics")
+    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -335,11 +357,13 @@ class StepReport(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     weight_hash: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StepReply(_message.Message):
     __slots__ = ("status", "policy_version", "message")

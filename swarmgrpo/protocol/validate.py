@@ -187,6 +187,12 @@ def _completion(c: swarm_pb2.Completion, where: str, limits: Limits) -> None:
 
 def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
     _auth(req.auth, join=False)
+    _check(
+        len(req.missing_node_ids) <= 1024 and all(len(n) == 32 for n in req.missing_node_ids),
+        "missing_node_ids",
+        "must be at most 1024 node ids of 32 characters",
+        "name the workers from TrainBatchReply.workers that the all-reduce did not hear from",
+    )
 
 
 def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:

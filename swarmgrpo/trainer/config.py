@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from swarmgrpo.protocol.errors import ConfigError
 from swarmgrpo.trainer.tasks.config import TaskConfig
 
+GRAD_COMPRESSIONS = ("none", "fp16", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -40,6 +41,17 @@ class TrainConfig:
     """Completions per forward/backward pass (gradient accumulation); bounds activation memory.
 
     A group larger than this is split across passes (its prompt is re-run for each piece)."""
+
+    grad_compression: str = "none"
+    """How gradient workers of a step average their gradients over the network: none (float32),
+    fp16 (block-scaled), uint8 (8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
+
+    powersgd_rank: int = 1
+    """Rank of PowerSGD's factors (grad_compression = "powersgd")."""
+
+    allreduce_timeout_s: float = 60.0
+    """A gradient worker not heard from within this many seconds of an all-reduce is dropped from
+    the step (its shard's rollouts go back to the pool) and the others go on without it."""
 
     max_prompt_length: int = 256
     """Prompts longer than this many tokens are refused."""
@@ -129,6 +141,18 @@ class TrainConfig:
                 f"{self.generation_batch_size} is not divisible by num_generations={self.num_generations}",
                 f"use a multiple of {self.num_generations}, e.g. {max(lo, self.num_generations)}",
             )
+        if self.grad_compression not in GRAD_COMPRESSIONS:
+            raise ConfigError(
+                "grad_compression",
+                f"unknown compression '{self.grad_compression}'",
+                f"choose one of: {', '.join(GRAD_COMPRESSIONS)}",
+            )
+        if self.allreduce_timeout_s <= 0:
+            raise ConfigError(
+                "allreduce_timeout_s", f"must be > 0, got {self.allreduce_timeout_s}", "use e.g. 60"
+            )
+        if self.powersgd_rank < 1:
+            raise ConfigError("powersgd_rank", f"must be >= 1, got {self.powersgd_rank}", "use 1, 2 or 4")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"unknown dtype '{self.dtype}'", f"choose one of: {', '.join(DTYPES)}")
         if self.temperature < 0:

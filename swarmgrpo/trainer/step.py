@@ -232,6 +232,11 @@ class GRPOStep:
             logits_BTV = model(**inputs).logits
         return token_logprobs(logits_BTV, mb.completion_ids_BT, self.cfg.temperature)
 
+    def discard(self) -> None:
+        """Forget the accumulated gradient (a gradient worker dropped from its step)."""
+        self.optimizer.zero_grad(set_to_none=False)
+        self._pending = False
+
     def apply(self) -> dict[str, float]:
         """Clip, step AdamW, zero the gradients, bump the version.
 

@@ -256,3 +256,56 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     assert f"optimizer state and RNG of policy {stopped_at}" in log, log[-3000:]
     assert "synced to policy" not in log
     assert _count(network, "SELECT MAX(version) FROM versions") == 4
+
+
+@pytest.mark.parametrize("network", [{"train": {"grad_compression": "fp16", "max_steps": 5}}], indirect=True)
+def test_two_gradient_workers_share_each_step_and_agree_on_the_weights(network):
+    """Two train-role nodes split every step's batch, all-reduce over libp2p and publish one version
+    only when their weight hashes agree."""
+    network.start_coordinator()
+    workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
+    rollout = network.start_node("rollout", "rollout", weights="p2p")
+    for p, name in [(workers[0], "worker0"), (workers[1], "worker1"), (rollout, "rollout")]:
+        assert network.wait(p, 300, name) == 0, network.logs()
+    with network.db() as db:
+        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
+        steps = dict(db.execute("SELECT node_id, steps_trained FROM nodes WHERE roles LIKE '%TRAIN%'"))
+    assert [v for v, _ in versions] == [1, 2, 3, 4, 5]
+    shared = [v for v, m in versions if json.loads(m).get("workers") == 2]
+    # The first step may start before the second worker has joined; the later ones are shared.
+    assert len(shared) >= 3 and shared[-1] == 5, versions
+    assert sorted(steps.values())[0] >= len(shared), steps
+    for name in ("worker0", "worker1"):
+        log = network.log(name)
+        assert "not published" not in log and "all-reduce failed" not in log, log[-3000:]
+
+
+# Heartbeats every 5 s: the dead worker still counts as live for 15 s, so the next step's team
+# certainly includes it and the survivor's all-reduce is the one to find out.
+@pytest.mark.parametrize(
+    "network",
+    [{"heartbeat_interval_s": 5.0, "train": {"allreduce_timeout_s": 5.0, "max_steps": 5}}],
+    indirect=True,
+)
+def test_a_gradient_worker_killed_mid_run_does_not_stop_it(network):
+    """kill -9 one of two workers: the other's all-reduce times out, the coordinator drops the dead
+    worker (its shard's rollouts go back to the pool) and the survivor finishes the run alone."""
+    import signal
+
+    network.start_coordinator()
+    workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
+    rollout = network.start_node("rollout", "rollout", weights="p2p")
+    deadline = time.monotonic() + 180
+    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), network.logs()
+        time.sleep(0.2)
+    workers[1].send_signal(signal.SIGKILL)
+    workers[1].wait(10)
+    assert network.wait(workers[0], 240, "worker0") == 0, network.logs()
+    assert network.wait(rollout, 120, "rollout") == 0, network.logs()
+    assert _count(network, "SELECT MAX(version) FROM versions") == 5
+    log = network.log("worker0")
+    assert "all-reduce failed" in log, log[-3000:]
+    with network.db() as db:
+        trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
+    assert trained >= 5, "every step trained on accepted rollouts"
