@@ -470,16 +470,18 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return reply
 
     def _form_team(self, step: int, batch, asking: str) -> StepTeam:
-        """The step's gradient workers: the live train-role nodes now (the asking one included), in
-        node-id order, each with every N-th group of the batch (by prompt index)."""
+        """The step's gradient workers: the live train-role nodes that hold version `step` now (the
+        asking one included), in node-id order, each with every N-th group of the batch (by prompt
+        index)."""
         alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        live = {
+        live = {  # ready workers: a train node still copying the state of this version waits
             n["node_id"]
             for n in self.store.nodes()
             if "ROLE_TRAIN" in n["roles"]
             and n["left_at"] is None
             and n["last_seen"] >= alive
             and n["peer_id"]
+            and n["policy_version"] == step
         }
         members = sorted(live | {asking})[: len(batch)]
         if asking not in members:  # more workers than groups: the asking one takes another's place

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file
 
 import swarmgrpo
+from swarmgrpo.node import train_state
 from swarmgrpo.node.allreduce import AllReduceError, Member
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
@@ -31,6 +32,7 @@ from swarmgrpo.node.gradients import GradientAverager
 from swarmgrpo.node.hardware import probe
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.node.p2p_weights import P2PWeights
+from swarmgrpo.node.train_state import TrainStateServer
 from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
@@ -79,6 +81,11 @@ class Node:
         self.resume_from: Path | None = None
         self.averager: GradientAverager | None = None
         self.attempt = 0
+        self.step: GRPOStep | None = None
+        self.train_lock = threading.Lock()  # held while a step is in flight: no snapshot of it
+        self.snapshot_wanted = threading.Event()
+        self.pending_state: dict | None = None  # a fetched training state for the step to load
+        self.state_server: TrainStateServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,11 +133,15 @@ class Node:
         beat.start()
         reason = "stopped"
         try:
+            if role == "train":
+                self.state_server = TrainStateServer(self.host, self._snapshot)
             if reply.policy_version > 0:
                 policy = self.client.policy()
                 if role == "train":
                     self.resume_from = self._own_checkpoint(policy)
-                if self.resume_from is None:
+                    if self.resume_from is None:
+                        self._sync_trainer(policy)
+                else:
                     self.sync(policy)
             (self.train_loop if role == "train" else self.rollout_loop)()
             reason = "finished" if not self.stop.is_set() else "stopped"
@@ -144,6 +155,8 @@ class Node:
             self.transport.close()
             if self.averager is not None:
                 self.averager.close()
+            if self.state_server is not None:
+                self.state_server.close()
             self.host.close()
             self.client.close()
 
@@ -212,6 +225,9 @@ class Node:
                 self.cfg.powersgd_rank,
                 timeout=self.cfg.allreduce_timeout_s,
             )
+            psgd_state = (self.pending_state or {}).get("powersgd")
+            if psgd_state is not None and self.averager.powersgd is not None:
+                self.averager.powersgd.load_state(psgd_state)
         weight = step.shard_weight(groups)
         while not self.stop.is_set():
             members = [Member(w.peer_id, tuple(w.peer_addrs)) for w in reply.workers]
@@ -248,6 +264,78 @@ class Node:
         return swarm_pb2.StepReply(
             status=swarm_pb2.STEP_REJECTED, message="the step was not published in time"
         )
+
+    def _snapshot(self, version: int) -> bytes | None:
+        """This worker's exact training state, if it is between steps at `version` (else None)."""
+        self.snapshot_wanted.set()  # the train loop waits before its next step
+        try:
+            if not self.train_lock.acquire(timeout=30.0):
+                return None
+        finally:
+            self.snapshot_wanted.clear()
+        try:
+            if self.step is None or self.version < version:
+                return None
+            psgd = self.averager.powersgd if self.averager is not None else None
+            return train_state.pack(
+                {
+                    "version": self.version,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.step.optimizer.state_dict(),
+                    "powersgd": psgd.state() if psgd is not None else None,
+                }
+            )
+        finally:
+            self.train_lock.release()
+
+    def _sync_trainer(self, policy: swarm_pb2.PolicyState) -> bool:
+        """Take the exact training state of the run's version from another worker; failing that,
+        the bf16 weights with a fresh optimizer state (logged: this replica will then differ)."""
+        deadline = time.monotonic() + 60.0
+        while True:  # workers serve their state only between steps: ask again for a while
+            if policy.finished:
+                return True
+            try:
+                state = train_state.fetch(self.host, policy.holders, policy.policy_version, timeout=60.0)
+                policy = self.client.policy()  # the state is of the peer's newest version
+                if state["version"] == policy.policy_version:
+                    break
+                raise WeightError(
+                    f"the peer's state is of version {state['version']}, the run is at {policy.policy_version}"
+                )
+            except WeightError as e:
+                if time.monotonic() > deadline or self.stop.is_set():
+                    log.warning(
+                        "%s; taking the %s weights with a fresh optimizer state", e, self.opts.weights_dtype
+                    )
+                    return self.sync(policy, force=True)
+            self._wait(0.5)
+            policy = self.client.policy()
+        self.model.load_state_dict(state["model"])
+        data, sha = encode(self.model, self.opts.weights_dtype)
+        if sha != policy.weight_hash:
+            log.warning(
+                "the training state served for policy %d does not encode to its hash", policy.policy_version
+            )
+            return self.sync(policy, force=True)
+        self.transport.publish(policy.policy_version, data, sha)
+        self.version = policy.policy_version
+        if self.step is not None:
+            self.step.optimizer.load_state_dict(state["optimizer"])
+            self.step.version = self.version
+            if (
+                state["powersgd"] is not None
+                and self.averager is not None
+                and self.averager.powersgd is not None
+            ):
+                self.averager.powersgd.load_state(state["powersgd"])
+        else:
+            self.pending_state = state
+        log.info(
+            "took the training state of policy %d from a peer (float32 weights, AdamW, PowerSGD)",
+            self.version,
+        )
+        return True
 
     def _own_checkpoint(self, policy: swarm_pb2.PolicyState) -> Path | None:
         """A restarted trainer continues exactly from its own checkpoint of the run's current version
@@ -348,6 +436,9 @@ class Node:
         step.version = self.version
         if self.resume_from is not None:
             load_trainer_state(self.resume_from, step.optimizer)
+        if self.pending_state is not None:
+            step.optimizer.load_state_dict(self.pending_state["optimizer"])
+        self.step = step
         out_dir = self.state_dir / "checkpoints"
         while not self.stop.is_set():
             self.activity = "waiting for rollouts"
@@ -355,72 +446,80 @@ class Node:
             if reply.status == swarm_pb2.BATCH_FINISHED:
                 return
             if reply.status == swarm_pb2.BATCH_RESYNC:
-                self.sync(reply.policy)
+                self._sync_trainer(reply.policy)
                 step.version = self.version
                 continue
             if reply.status == swarm_pb2.BATCH_WAIT:
                 self._wait(reply.retry_after_s)
                 continue
-            self.activity = "training"
-            t0 = time.perf_counter()
-            self.attempt = reply.attempt
-            groups = [
-                RolloutGroup(
-                    prompt_ids=list(g.prompt_token_ids),
-                    completion_ids=[list(c.token_ids) for c in g.completions],
-                    behavior_logprobs=[list(c.logprobs) for c in g.completions],
-                    rewards=list(g.rewards),
-                    policy_version=g.policy_version,
-                )
-                for g in reply.groups
-            ]
-            metrics = step.compute_gradients(groups)
-            if len(reply.workers) > 1:
-                stats = self._average(step, reply, groups)
-                if stats is None:  # dropped from the step: its gradient is not wanted any more
-                    step.discard()
-                    continue
-                metrics.update(stats)
-            metrics.update(step.apply())
-            metrics["train_s"] = time.perf_counter() - t0
-            staleness = [self.version - g.policy_version for g in groups]
-            metrics["staleness_mean"] = sum(staleness) / len(staleness)
-            data, sha = encode(self.model, self.opts.weights_dtype)
-            self.transport.publish(self.version + 1, data, sha)
-            metrics = {k: float(v) for k, v in metrics.items()}
-            result = self.client.report_step(self.version, sha, metrics, attempt=self.attempt)
-            if result.status == swarm_pb2.STEP_PENDING:
-                result = self._await_publication(sha)
-            if result.status != swarm_pb2.STEP_PUBLISHED:
-                # The weights just stepped are not the run's: take the run's current version.
-                log.warning("step %d not published: %s", self.version, result.message)
-                while not self.stop.is_set() and not self.sync(self.client.policy(), force=True):
-                    pass
-                step.version = self.version
-                continue
-            self.version = step.version = result.policy_version
-            log.info(
-                "step %d → policy %d: reward %.3f±%.3f loss %+.4f staleness %.1f train %.1fs",
-                self.version - 1,
-                self.version,
-                metrics["reward_mean"],
-                metrics["reward_std"],
-                metrics["loss"],
-                metrics["staleness_mean"],
-                metrics["train_s"],
+            while self.snapshot_wanted.is_set() and not self.stop.is_set():
+                time.sleep(0.01)  # a joining worker is copying this one's state: let it first
+            with self.train_lock:
+                self._train_step(step, reply, out_dir)
+
+    def _train_step(self, step: GRPOStep, reply: swarm_pb2.TrainBatchReply, out_dir: Path) -> None:
+        """One step on this worker's shard: gradient, all-reduce with the step's other workers, AdamW,
+        publish and report; on a rejection, back to the run's weights."""
+        self.activity = "training"
+        t0 = time.perf_counter()
+        self.attempt = reply.attempt
+        groups = [
+            RolloutGroup(
+                prompt_ids=list(g.prompt_token_ids),
+                completion_ids=[list(c.token_ids) for c in g.completions],
+                behavior_logprobs=[list(c.logprobs) for c in g.completions],
+                rewards=list(g.rewards),
+                policy_version=g.policy_version,
             )
-            if (
-                self.cfg.save_steps and self.version % self.cfg.save_steps == 0
-            ) or self.version >= self.cfg.max_steps:
-                path = save_checkpoint(
-                    out_dir,
-                    self.model,
-                    self.tokenizer,
-                    step.optimizer,
-                    self.cfg,
-                    TrainerState(self.version, self.version, 0),
-                )
-                log.info("checkpoint %s", path)
+            for g in reply.groups
+        ]
+        metrics = step.compute_gradients(groups)
+        if len(reply.workers) > 1:
+            stats = self._average(step, reply, groups)
+            if stats is None:  # dropped from the step: its gradient is not wanted any more
+                step.discard()
+                return
+            metrics.update(stats)
+        metrics.update(step.apply())
+        metrics["train_s"] = time.perf_counter() - t0
+        staleness = [self.version - g.policy_version for g in groups]
+        metrics["staleness_mean"] = sum(staleness) / len(staleness)
+        data, sha = encode(self.model, self.opts.weights_dtype)
+        self.transport.publish(self.version + 1, data, sha)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        result = self.client.report_step(self.version, sha, metrics, attempt=self.attempt)
+        if result.status == swarm_pb2.STEP_PENDING:
+            result = self._await_publication(sha)
+        if result.status != swarm_pb2.STEP_PUBLISHED:
+            # The weights just stepped are not the run's: take the run's current version.
+            log.warning("step %d not published: %s", self.version, result.message)
+            while not self.stop.is_set() and not self._sync_trainer(self.client.policy()):
+                pass
+            step.version = self.version
+            return
+        self.version = step.version = result.policy_version
+        log.info(
+            "step %d → policy %d: reward %.3f±%.3f loss %+.4f staleness %.1f train %.1fs",
+            self.version - 1,
+            self.version,
+            metrics["reward_mean"],
+            metrics["reward_std"],
+            metrics["loss"],
+            metrics["staleness_mean"],
+            metrics["train_s"],
+        )
+        if (
+            self.cfg.save_steps and self.version % self.cfg.save_steps == 0
+        ) or self.version >= self.cfg.max_steps:
+            path = save_checkpoint(
+                out_dir,
+                self.model,
+                self.tokenizer,
+                step.optimizer,
+                self.cfg,
+                TrainerState(self.version, self.version, 0),
+            )
+            log.info("checkpoint %s", path)
 
 
 def main(opts: NodeOptions) -> None:

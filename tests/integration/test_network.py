@@ -309,3 +309,30 @@ def test_a_gradient_worker_killed_mid_run_does_not_stop_it(network):
     with network.db() as db:
         trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
     assert trained >= 5, "every step trained on accepted rollouts"
+
+
+@pytest.mark.parametrize(
+    "network",
+    [{"train": {"grad_compression": "powersgd", "max_steps": 30, "generation_batch_size": 12}}],
+    indirect=True,
+)
+def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
+    """A third worker joining mid-run takes a peer's float32 weights, AdamW and PowerSGD state; the
+    steps it shares are published with all three hashes agreeing."""
+    network.start_coordinator()
+    workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
+    rollout = network.start_node("rollout", "rollout", weights="p2p")
+    deadline = time.monotonic() + 180
+    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
+        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), network.logs()
+        time.sleep(0.2)
+    late = network.start_node("late", "train", weights="p2p")
+    for p, name in [(workers[0], "worker0"), (workers[1], "worker1"), (late, "late"), (rollout, "rollout")]:
+        assert network.wait(p, 300, name) == 0, network.logs()
+    log = network.log("late")
+    assert "took the training state of policy" in log, log[-3000:]
+    assert "not published" not in log, log[-3000:]
+    with network.db() as db:
+        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
+    assert [v for v, _ in versions] == list(range(1, 31))
+    assert any(json.loads(m).get("workers") == 3 for _, m in versions), versions
