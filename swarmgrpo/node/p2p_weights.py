@@ -108,15 +108,8 @@ class P2PWeights(WeightTransport):
                 error=f"peer {self.peer_id} does not hold policy version {version}; it holds {versions}",
             )
             return
-        data, sha = held
-        for offset in range(0, max(len(data), 1), self.chunk_bytes):
-            yield swarm_pb2.WeightChunk(
-                policy_version=version,
-                offset=offset,
-                data=data[offset : offset + self.chunk_bytes],
-                total_bytes=len(data),
-                sha256=sha,
-            )
+        for chunk in chunks(version, *held, self.chunk_bytes):
+            yield chunk
 
     # ------------------------------------------------------------------ fetching
 
@@ -153,37 +146,9 @@ class P2PWeights(WeightTransport):
             self.timeout,
         )
         try:
-            return await self._receive(stream, expected)
+            return await receive(stream, expected, self.timeout)
         finally:
             await stream.aclose()
-
-    async def _receive(self, stream, expected: str) -> bytes:
-        parts, size, total, claimed, hasher = [], 0, None, "", hashlib.sha256()
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(stream), self.timeout)
-            except StopAsyncIteration:
-                break
-            if chunk.error:
-                raise WeightError(chunk.error)
-            if total is None:
-                total, claimed = chunk.total_bytes, chunk.sha256
-                if expected and claimed != expected:  # refuse before spending bandwidth on it
-                    raise WeightError(
-                        f"holder's file has sha256 {claimed[:12]}…, not the published {expected[:12]}…"
-                    )
-            if chunk.offset != size or (chunk.total_bytes, chunk.sha256) != (total, claimed):
-                raise WeightError(f"chunk at offset {chunk.offset} after {size} bytes: stream corrupt")
-            parts.append(chunk.data)
-            hasher.update(chunk.data)
-            size += len(chunk.data)
-            if size > total:
-                raise WeightError(f"holder sent more than the {total} bytes it announced")
-        if total is None or size != total:
-            raise WeightError(f"stream ended after {size} of {total if total is not None else '?'} bytes")
-        if hasher.hexdigest() != claimed:
-            raise WeightError(f"received bytes hash to {hasher.hexdigest()[:12]}…, not {claimed[:12]}…")
-        return b"".join(parts)
 
     def close(self) -> None:
         host = getattr(self, "host", None)
@@ -196,3 +161,45 @@ class P2PWeights(WeightTransport):
                 host.call(host.p2p.remove_protobuf_handler(PROTOCOL, stream_output=True), timeout=10)
             except Exception as e:
                 log.warning("removing the weight handler: %s", e)
+
+
+def chunks(version: int, data: bytes, sha256: str, chunk_bytes: int):
+    """`data` as WeightChunks of `chunk_bytes`, each carrying the total size and sha256."""
+    for offset in range(0, max(len(data), 1), chunk_bytes):
+        yield swarm_pb2.WeightChunk(
+            policy_version=version,
+            offset=offset,
+            data=data[offset : offset + chunk_bytes],
+            total_bytes=len(data),
+            sha256=sha256,
+        )
+
+
+async def receive(stream, expected: str, timeout: float) -> bytes:
+    """Reassemble a stream of WeightChunks, checking order, size and sha256 (and `expected`, if set)."""
+    parts, size, total, claimed, hasher = [], 0, None, "", hashlib.sha256()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout)
+        except StopAsyncIteration:
+            break
+        if chunk.error:
+            raise WeightError(chunk.error)
+        if total is None:
+            total, claimed = chunk.total_bytes, chunk.sha256
+            if expected and claimed != expected:  # refuse before spending bandwidth on it
+                raise WeightError(
+                    f"holder's file has sha256 {claimed[:12]}…, not the published {expected[:12]}…"
+                )
+        if chunk.offset != size or (chunk.total_bytes, chunk.sha256) != (total, claimed):
+            raise WeightError(f"chunk at offset {chunk.offset} after {size} bytes: stream corrupt")
+        parts.append(chunk.data)
+        hasher.update(chunk.data)
+        size += len(chunk.data)
+        if size > total:
+            raise WeightError(f"holder sent more than the {total} bytes it announced")
+    if total is None or size != total:
+        raise WeightError(f"stream ended after {size} of {total if total is not None else '?'} bytes")
+    if hasher.hexdigest() != claimed:
+        raise WeightError(f"received bytes hash to {hasher.hexdigest()[:12]}…, not {claimed[:12]}…")
+    return b"".join(parts)

@@ -21,6 +21,7 @@ import torch
 from hivemind.p2p import P2PContext, PeerID
 
 from swarmgrpo.node.p2p_host import PeerHost
+from swarmgrpo.node.p2p_weights import chunks, receive
 from swarmgrpo.node.weights import WeightError
 from swarmgrpo.protocol import swarm_pb2
 
@@ -53,15 +54,8 @@ class TrainStateServer:
                 policy_version=version, error=f"no training state of version {version} here now"
             )
             return
-        sha = hashlib.sha256(data).hexdigest()
-        for offset in range(0, max(len(data), 1), self.chunk_bytes):
-            yield swarm_pb2.WeightChunk(
-                policy_version=version,
-                offset=offset,
-                data=data[offset : offset + self.chunk_bytes],
-                total_bytes=len(data),
-                sha256=sha,
-            )
+        for chunk in chunks(version, data, hashlib.sha256(data).hexdigest(), self.chunk_bytes):
+            yield chunk
 
     def close(self) -> None:
         if self.host.p2p is not None:
@@ -97,24 +91,7 @@ async def _fetch_from(host: PeerHost, holder, version: int, timeout: float) -> b
         ),
         timeout,
     )
-    parts, size, total, sha = [], 0, None, ""
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(stream), timeout)
-            except StopAsyncIteration:
-                break
-            if chunk.error:
-                raise WeightError(chunk.error)
-            if total is None:
-                total, sha = chunk.total_bytes, chunk.sha256
-            if chunk.offset != size:
-                raise WeightError(f"chunk at offset {chunk.offset} after {size} bytes: stream corrupt")
-            parts.append(chunk.data)
-            size += len(chunk.data)
+        return await receive(stream, "", timeout)
     finally:
         await stream.aclose()
-    data = b"".join(parts)
-    if total is None or size != total or hashlib.sha256(data).hexdigest() != sha:
-        raise WeightError(f"training state stream broken after {size} of {total} bytes")
-    return data

@@ -7,12 +7,7 @@ and hivemind's own 8-bit codec decodes again (its NumPy 2 bug, worked around in 
 
 import hashlib
 import json
-import os
-import select
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +16,9 @@ from swarmgrpo.node import compression
 from swarmgrpo.node.allreduce import AllReduce, AllReduceError, Member
 from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.node.powersgd import PowerSGD
+from tests.integration.peerprocs import readline, send, spawn, stop
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 100_003  # not a multiple of 3: uneven slices
 SHAPES = [(64, 96), (300,), (40, 50)]  # PowerSGD: two matrices and a vector
 WEIGHTS = [1.0, 2.0, 3.0]
@@ -81,42 +76,14 @@ def member_main() -> None:
     host.close()
 
 
-def _readline(proc, timeout=90) -> dict:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.stderr_file.seek(0)
-        pytest.fail(f"member said nothing in {timeout} s; its stderr:\n{proc.stderr_file.read()[-3000:]}")
-    return json.loads(line)
-
-
 @pytest.fixture(scope="module")
 def group(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("allreduce")
-    procs = []
-    for _ in range(2):
-        stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from tests.integration.test_allreduce import member_main; member_main()",
-                "10",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        proc.stderr_file = stderr
-        procs.append(proc)
+    procs = [spawn(__name__, "member_main", "10") for _ in range(2)]
     host = PeerHost()
     reducer = AllReduce(host, timeout=10)
     try:
-        infos = [_readline(p) for p in procs]
+        infos = [readline(p) for p in procs]
         members = [[host.peer_id, host.addrs]] + [[i["peer_id"], i["addrs"]] for i in infos]
         yield {
             "procs": procs,
@@ -127,14 +94,7 @@ def group(tmp_path_factory):
         }
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.stdin.close()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            p.stderr_file.close()
+            stop(p)
         reducer.close()
         host.close()
 
@@ -151,12 +111,11 @@ def _round(group, name, codec, members=None, **extra):
             "codec": codec,
             "out": str(group["tmp"] / f"{name}-{i}.pt"),
         }
-        p.stdin.write(json.dumps({**cmd, **extra}) + "\n")
-        p.stdin.flush()
+        send(p, {**cmd, **extra})
     mine, sent = _run(
         group["reducer"], group["psgd"], {"round": name, "members": members, "me": 0, "codec": codec, **extra}
     )
-    answers = [_readline(p) for p in procs]
+    answers = [readline(p) for p in procs]
     for a in answers:
         assert "error" not in a, a
     outs = [mine] + [torch.load(group["tmp"] / f"{name}-{i}.pt") for i in range(1, len(members))]
@@ -212,17 +171,13 @@ def test_a_silent_member_fails_the_round_and_is_named(group):
     members = group["members"]
     # Member 2 is told nothing: it never sends, so members 0 and 1 time out waiting for its parts.
     p = group["procs"][0]
-    p.stdin.write(
-        json.dumps({"round": "silent", "members": members, "me": 1, "codec": "none", "out": "/dev/null"})
-        + "\n"
-    )
-    p.stdin.flush()
+    send(p, {"round": "silent", "members": members, "me": 1, "codec": "none", "out": "/dev/null"})
     with pytest.raises(AllReduceError, match=r"no part from members \[2\]") as caught:
         _run(
             group["reducer"], group["psgd"], {"round": "silent", "members": members, "me": 0, "codec": "none"}
         )
     assert caught.value.missing == [2]
-    answer = _readline(p)
+    answer = readline(p)
     assert answer["missing"] == [2], answer
     # The survivors go on without it.
     outs, shas, _ = _round(group, "survivors", "none", members=members[:2])

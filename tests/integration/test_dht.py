@@ -6,23 +6,18 @@ told of no holder at all, finds it through the DHT and gets identical bytes.
 
 import hashlib
 import json
-import os
 import random
-import select
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.node.p2p_weights import P2PWeights
 from swarmgrpo.node.weights import WeightError
+from tests.integration.peerprocs import readline, spawn, stop
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 RUN = "dht-test"
 VERSION = 5
 
@@ -55,37 +50,11 @@ def bootstrap():
 
 @pytest.fixture(scope="module")
 def holder(bootstrap):
-    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "from tests.integration.test_dht import holder_main; holder_main()",
-            bootstrap.addrs[0],
-        ],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
+    proc = spawn(__name__, "holder_main", bootstrap.addrs[0])
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline() if ready else ""
-        if not line:
-            stderr.seek(0)
-            pytest.fail(f"holder said nothing; its stderr:\n{stderr.read()[-3000:]}")
-        yield json.loads(line)
+        yield readline(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.stdin.close()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        stderr.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,7 @@ Every worker ends with bitwise-identical weights; to float tolerance they equal 
 
 import hashlib
 import json
-import os
-import select
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +19,9 @@ from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
+from tests.integration.peerprocs import readline, send, spawn, stop
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 STEPS = 2
 
 
@@ -96,43 +91,16 @@ def _run_worker(host: PeerHost, cmd: dict) -> torch.Tensor:
             holder["avg"].close()
 
 
-def _readline(proc, timeout=120) -> dict:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.stderr_file.seek(0)
-        pytest.fail(f"worker said nothing in {timeout} s; its stderr:\n{proc.stderr_file.read()[-3000:]}")
-    return json.loads(line)
-
-
 @pytest.mark.parametrize(
     ("n", "loss_type", "compression"), [(2, "grpo", "none"), (3, "dapo", "none"), (2, "grpo", "fp16")]
 )
 def test_workers_take_the_single_worker_step_on_the_union_of_their_shards(
     tmp_path, n, loss_type, compression
 ):
-    procs = []
-    for _ in range(n - 1):
-        stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from tests.integration.test_gradient_workers import worker_main; worker_main()",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
-        proc.stderr_file = stderr
-        procs.append(proc)
+    procs = [spawn(__name__, "worker_main") for _ in range(n - 1)]
     host = PeerHost()
     try:
-        infos = [_readline(p) for p in procs]
+        infos = [readline(p) for p in procs]
         members = [[host.peer_id, host.addrs]] + [[i["peer_id"], i["addrs"]] for i in infos]
         for i, p in enumerate(procs, start=1):
             cmd = {
@@ -142,20 +110,16 @@ def test_workers_take_the_single_worker_step_on_the_union_of_their_shards(
                 "compression": compression,
                 "out": str(tmp_path / f"w{i}.pt"),
             }
-            p.stdin.write(json.dumps(cmd) + "\n")
-            p.stdin.flush()
+            send(p, cmd)
         mine = _run_worker(
             host, {"members": members, "me": 0, "loss_type": loss_type, "compression": compression}
         )
-        shas = [hashlib.sha256(mine.numpy().tobytes()).hexdigest()] + [_readline(p)["sha"] for p in procs]
+        shas = [hashlib.sha256(mine.numpy().tobytes()).hexdigest()] + [readline(p)["sha"] for p in procs]
         for p in procs:
             assert p.wait(30) == 0
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stderr_file.close()
+            stop(p)
         host.close()
     assert len(set(shas)) == 1, "the workers' replicas differ"
     reference = _train(loss_type)

@@ -5,11 +5,8 @@ import hashlib
 import json
 import os
 import random
-import select
 import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +14,9 @@ import pytest
 from swarmgrpo.node.p2p_weights import P2PWeights
 from swarmgrpo.node.weights import WeightError
 from swarmgrpo.protocol import swarm_pb2
+from tests.integration.peerprocs import readline, spawn, stop
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 3_500_000  # four 1 MiB chunks
 
 
@@ -60,52 +57,17 @@ def serve() -> None:
     print(json.dumps({"p2pd_children": _p2pd_children(os.getpid())}), flush=True)
 
 
-def _readline(proc: subprocess.Popen, timeout: float = 30) -> dict:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        proc.kill()
-        proc.stderr_file.seek(0)
-        pytest.fail(f"holder said nothing in {timeout} s; its stderr:\n{proc.stderr_file.read()[-3000:]}")
-    return json.loads(line)
-
-
-def _spawn_holder() -> subprocess.Popen:
-    # a pipe nobody reads could fill up and block the holder; closed in _stop
-    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from tests.integration.test_p2p_weights import serve; serve()"],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
-    proc.stderr_file = stderr
-    return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.stdin.close()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    proc.stderr_file.close()
-
-
 @pytest.fixture(scope="module")
 def holders():
     """Two holder processes, A (serves the fetch tests) and B (is closed by the p2pd test)."""
-    procs = {name: _spawn_holder() for name in "AB"}  # started together: each takes seconds to import
+    procs = {
+        name: spawn(__name__, "serve") for name in "AB"
+    }  # started together: each takes seconds to import
     try:
-        yield {name: (proc, _readline(proc)) for name, proc in procs.items()}
+        yield {name: (proc, readline(proc)) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
-            _stop(proc)
+            stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +131,6 @@ def test_close_leaves_no_p2pd(holders):
     proc, info = holders["B"]
     assert _p2pd_children(proc.pid) == [info["p2pd"]]
     proc.stdin.close()
-    assert _readline(proc)["p2pd_children"] == []
+    assert readline(proc)["p2pd_children"] == []
     assert proc.wait(15) == 0
     assert not Path(f"/proc/{info['p2pd']}").exists()
