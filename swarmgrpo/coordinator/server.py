@@ -2,7 +2,8 @@
 
     open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → DHT peer on `dht_listen`
     → gRPC on `listen` → HTTP /status, /metrics on `http_listen`
-    → every second: expire leases; every heartbeat interval: read the nodes announced in the DHT
+    → every second: expire leases and publish a step whose live workers have all reported;
+      every heartbeat interval: read the nodes announced in the DHT
     → SIGINT/SIGTERM stops
 
 The bound ports (and the DHT peer's addresses) are written to state_dir/ports.json (useful with port
@@ -132,6 +133,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
     try:
         while not stop.is_set():
             service.expire_leases()
+            service.publish_if_complete()
             if host is not None and loop.time() - refreshed >= cfg.heartbeat_interval_s:
                 refreshed = loop.time()
                 try:

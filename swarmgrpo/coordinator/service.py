@@ -249,8 +249,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return max(0, min(v + k, self.cfg.train.max_steps - 1) - first_unbatched + 1)
 
     def publish_if_complete(self) -> None:
-        """Publish a step whose reporting workers all agree once the silent rest are gone (called
-        every second by the server: the last report may have come before a worker died)."""
+        """Publish a step once every worker that is still alive has reported (called every second by
+        the server: the last report may have come before a worker died)."""
         v = self.version
         team = self.teams.get(v)
         if team is None or not team.reports or team.winner:
@@ -261,7 +261,6 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             self._publish(v, team)
 
     def expire_leases(self, now: float | None = None) -> int:
-        self.publish_if_complete()
         expired = self.store.open_leases(expired_by=time.time() if now is None else now)
         if expired:
             with self.store.tx():

@@ -55,6 +55,15 @@ def _fake_groups(lease, tokens=(5, 6, 7), reported=1.0):
     return req
 
 
+def _await_versions(net, n: int, procs, timeout: float = 180) -> float:
+    """Wait until n versions are published while `procs` run; returns the deadline used."""
+    deadline = time.monotonic() + timeout
+    while _count(net, "SELECT COUNT(*) FROM versions") < n:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), net.logs()
+        time.sleep(0.2)
+    return deadline
+
+
 def _count(net, sql):
     with net.db() as db:
         return db.execute(sql).fetchone()[0]
@@ -241,10 +250,7 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     network.start_coordinator()
     trainer = network.start_node("trainer", "train")
     rollout = network.start_node("rollout", "rollout")
-    deadline = time.monotonic() + 180
-    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
-        assert time.monotonic() < deadline and trainer.poll() is None, network.logs()
-        time.sleep(0.5)
+    _await_versions(network, 2, [trainer])
     trainer.send_signal(signal.SIGTERM)  # finishes the step it is in (checkpoint included), then leaves
     assert network.wait(trainer, 60, "trainer") == 0
     stopped_at = _count(network, "SELECT MAX(version) FROM versions")
@@ -295,10 +301,7 @@ def test_a_gradient_worker_killed_mid_run_does_not_stop_it(network):
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
     rollout = network.start_node("rollout", "rollout", weights="p2p")
-    deadline = time.monotonic() + 180
-    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
-        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), network.logs()
-        time.sleep(0.2)
+    _await_versions(network, 2, workers)
     workers[1].send_signal(signal.SIGKILL)
     workers[1].wait(10)
     assert network.wait(workers[0], 240, "worker0") == 0, network.logs()
@@ -326,10 +329,7 @@ def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
     rollout = network.start_node("rollout", "rollout", weights="p2p")
-    deadline = time.monotonic() + 180
-    while _count(network, "SELECT COUNT(*) FROM versions") < 2:
-        assert time.monotonic() < deadline and all(w.poll() is None for w in workers), network.logs()
-        time.sleep(0.2)
+    deadline = _await_versions(network, 2, workers)
     rollout.send_signal(signal.SIGSTOP)
     try:
         late = network.start_node("late", "train", weights="p2p")
