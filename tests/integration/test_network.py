@@ -7,6 +7,7 @@ against the real server and its database.
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -69,31 +70,59 @@ def _count(net, sql):
         return db.execute(sql).fetchone()[0]
 
 
+def _announced(net) -> dict:
+    status = json.loads(urllib.request.urlopen(f"http://{net.http}/status", timeout=10).read())
+    return {node_id: record["role"] for node_id, record in status["dht"]["announced"].items()}
+
+
+def _await(net, what: str, done, procs, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), f"{what}:\n{net.logs()}"
+        time.sleep(0.2)
+
+
 def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
-    """Weights travel over libp2p between the node processes."""
+    """Weights travel over libp2p between the node processes.
+
+    Leases are first come, first served (a fast node may take all the work), so the test orders
+    the work to know what each node must do: rollout0 fills steps 0 and 1 alone (max_staleness = 1
+    allows no more before version 1) and is then stopped; the trainer trains both steps and waits;
+    rollout1, the only rollout node left, fetches version 2 from a peer and makes step 2's rollouts.
+    """
     network.start_coordinator()
-    trainer = network.start_node("trainer", "train", weights="p2p")
-    nodes = [network.start_node(f"rollout{i}", "rollout", weights="p2p") for i in range(2)]
+    rollout0 = network.start_node("rollout0", "rollout", weights="p2p")
+    rollouts = lambda: _count(network, "SELECT COUNT(*) FROM rollouts")  # noqa: E731
+    _await(network, "rollout0 fills steps 0 and 1", lambda: rollouts() >= 4, [rollout0])
     # Every node joins the run's DHT through the coordinator's peer and announces itself there.
-    deadline, announced = time.monotonic() + 120, {}
-    while len(announced) < 3 and time.monotonic() < deadline:
-        status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
-        announced = status["dht"]["announced"]
-        time.sleep(0.5)
-    assert len(announced) == 3, f"the coordinator's DHT peer found {sorted(announced)}:\n{network.logs()}"
-    assert {r["role"] for r in announced.values()} == {"train", "rollout"}
-    assert {n["node_id"] for n in status["nodes"]} == set(announced)
-    for p, name in [(trainer, "trainer"), *((n, f"rollout{i}") for i, n in enumerate(nodes))]:
+    _await(network, "rollout0 is announced", lambda: len(_announced(network)) == 1, [rollout0])
+    (first,) = _announced(network)
+    rollout0.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.0)
+        assert rollouts() == 4, "max_staleness = 1 lets no node lease step 2 before version 1"
+        trainer = network.start_node("trainer", "train", weights="p2p")
+        _await_versions(network, 2, [trainer])
+        _await(
+            network, "the trainer is announced", lambda: "train" in _announced(network).values(), [trainer]
+        )
+        rollout1 = network.start_node("rollout1", "rollout", weights="p2p")
+        _await_versions(network, 3, [trainer, rollout1])
+    finally:
+        rollout0.send_signal(signal.SIGCONT)
+    for p, name in [(trainer, "trainer"), (rollout0, "rollout0"), (rollout1, "rollout1")]:
         assert network.wait(p, 240, name) == 0, network.logs()
     with network.db() as db:
+        steps = dict(db.execute("SELECT step, GROUP_CONCAT(DISTINCT node_id) FROM rollouts GROUP BY step"))
         versions = db.execute(
             "SELECT version, weight_hash, node_id FROM versions ORDER BY version"
         ).fetchall()
         assert [v for v, _, _ in versions] == [1, 2, 3, 4]
-        per_node = dict(
-            db.execute("SELECT node_id, rollouts_accepted FROM nodes WHERE rollouts_accepted > 0")
-        )
-        assert len(per_node) == 2, "both rollout nodes contributed"
+        trainer_id = versions[0][2]
+        rollout_ids = {n for (n,) in db.execute("SELECT node_id FROM nodes")} - {trainer_id}
+        assert len(rollout_ids) == 2 and first in rollout_ids
+        (second,) = rollout_ids - {first}
+        assert steps[0] == steps[1] == first and steps[2] == second, "both rollout nodes contributed"
         trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
         assert trained == 4 * 2  # steps × prompts per step
         stale = db.execute(
@@ -224,9 +253,6 @@ def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
 
 
 def test_sigterm_leaves_cleanly(network):
-    import signal
-    import time
-
     network.start_coordinator()
     node = network.start_node("rollout", "rollout")
     deadline = time.monotonic() + 120
@@ -245,8 +271,6 @@ def test_sigterm_leaves_cleanly(network):
 def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     """Stopped after a step, a trainer started again on the same state folder takes its float32
     weights, AdamW state and RNG from its checkpoint (no fetch from peers) and the run finishes."""
-    import signal
-
     network.start_coordinator()
     trainer = network.start_node("trainer", "train")
     rollout = network.start_node("rollout", "rollout")
@@ -296,8 +320,6 @@ def test_two_gradient_workers_share_each_step_and_agree_on_the_weights(network):
 def test_a_gradient_worker_killed_mid_run_does_not_stop_it(network):
     """kill -9 one of two workers: the other's all-reduce times out, the coordinator drops the dead
     worker (its shard's rollouts go back to the pool) and the survivor finishes the run alone."""
-    import signal
-
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
     rollout = network.start_node("rollout", "rollout", weights="p2p")
@@ -324,8 +346,6 @@ def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
     steps it shares are published with all three hashes agreeing. The tiny model steps in a fraction
     of a second, faster than a node starts, so the rollout node is paused while the third joins (as
     if generation were slow, as it is with a real model); then the run goes on."""
-    import signal
-
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
     rollout = network.start_node("rollout", "rollout", weights="p2p")
