@@ -119,7 +119,8 @@ class Store:
                                   joined_at, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (node_id) DO UPDATE SET capabilities = excluded.capabilities,
                  roles = excluded.roles, peer_id = excluded.peer_id, peer_addrs = excluded.peer_addrs,
-                 software = excluded.software, last_seen = excluded.last_seen, left_at = NULL""",
+                 software = excluded.software, last_seen = excluded.last_seen, left_at = NULL,
+                 policy_version = 0""",
             (
                 node_id,
                 public_key,
@@ -138,8 +139,13 @@ class Store:
         return row[0] if row else None
 
     def touch_node(self, node_id: str, **fields) -> None:
+        """Update a node's row. Its policy_version only moves forward between joins: a heartbeat
+        sent before a gradient worker learnt that its step was published must not take it back
+        (the next step's team would leave it out)."""
         fields["last_seen"] = time.time()
-        cols = ", ".join(f"{k} = ?" for k in fields)
+        cols = ", ".join(
+            "policy_version = MAX(policy_version, ?)" if k == "policy_version" else f"{k} = ?" for k in fields
+        )
         self.db.execute(f"UPDATE nodes SET {cols} WHERE node_id = ?", (*fields.values(), node_id))
 
     def add_counts(self, node_id: str, tokens: int = 0, rollouts: int = 0, steps: int = 0) -> None:

@@ -32,7 +32,7 @@ def network(tmp_path, request):
     net.close()
 
 
-def _join(net, key=None, token=TOKEN, protocol=PROTOCOL_VERSION, roles=(swarm_pb2.ROLE_ROLLOUT,)):
+def _join(net, key=None, token=TOKEN, protocol=PROTOCOL_VERSION, roles=(swarm_pb2.ROLE_ROLLOUT,), peer_id=""):
     client = CoordinatorClient(net.address, key or NodeKey.generate(), patience_s=20)
     reply = client.join(
         swarm_pb2.JoinRequest(
@@ -40,6 +40,7 @@ def _join(net, key=None, token=TOKEN, protocol=PROTOCOL_VERSION, roles=(swarm_pb
             join_token=token,
             capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
             roles=list(roles),
+            peer_id=peer_id,
         )
     )
     return client, reply
@@ -308,6 +309,24 @@ def test_two_gradient_workers_share_each_step_and_agree_on_the_weights(network):
     for name in ("worker0", "worker1"):
         log = network.log(name)
         assert "not published" not in log and "all-reduce failed" not in log, log[-3000:]
+
+
+def test_a_heartbeat_sent_before_publication_does_not_leave_a_worker_out_of_the_next_team(network):
+    """Worker A reports its step, then heartbeats the version it held before it learnt that the
+    step was published; the next step's team still counts A (the coordinator knows better)."""
+    network.start_coordinator()
+    rollout, _ = _join(network)
+    workers = [_join(network, roles=(swarm_pb2.ROLE_TRAIN,), peer_id=f"peer{i}")[0] for i in range(2)]
+    a, b = sorted(workers, key=lambda c: c.key.node_id)
+    for _ in range(2):  # steps 0 and 1 (max_staleness = 1), 2 prompts each
+        assert rollout.submit(_fake_groups(rollout.lease(0, 2))).status == swarm_pb2.SUBMIT_ACCEPTED
+    assert len(a.train_batch(0).workers) == len(b.train_batch(0).workers) == 2
+    assert a.report_step(0, "ab" * 32, {}).status == swarm_pb2.STEP_PENDING
+    assert b.report_step(0, "ab" * 32, {}).status == swarm_pb2.STEP_PUBLISHED
+    a.heartbeat(0, "waiting for the publication", 0.0)
+    team = b.train_batch(1)
+    assert team.status == swarm_pb2.BATCH_READY
+    assert sorted(w.node_id for w in team.workers) == [a.key.node_id, b.key.node_id]
 
 
 # Heartbeats every 5 s: the dead worker still counts as live for 15 s, so the next step's team
