@@ -13,6 +13,7 @@ Staleness (k = max_staleness, v = the newest published version, P = prompts per 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -89,6 +90,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.status_fn = status_fn
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
+        self._changed = asyncio.Event()  # set (and replaced) whenever work or the policy moves
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
         self.limits = validate.Limits(run.vocab_size, t.num_generations, t.max_completion_length)
@@ -119,6 +121,28 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except AuthError as e:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+
+    def _notify(self) -> None:
+        """Wake the held Lease and TrainBatch calls: they look again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _hold(self, wait_s: float, answer, waiting) -> object:
+        """`answer()`, asked again each time something changes while `waiting(reply)` holds, for
+        at most `wait_s` seconds (a node's long poll). A hold that runs out asks for no retry delay:
+        the node calls again at once."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            changed = self._changed  # taken before answering: a change during it is not missed
+            reply = await answer()
+            remaining = deadline - time.monotonic()
+            if not waiting(reply) or remaining <= 0:
+                return reply
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                reply.retry_after_s = 0.0
+                return reply
 
     @property
     def version(self) -> int:
@@ -229,6 +253,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 self.store.close_lease(lease, "returned", done=[])
                 returned += len(lease.prompt_indices)
             self.store.touch_node(request.auth.node_id, left_at=time.time(), activity="left")
+        if returned:
+            self._notify()
         log.info(
             "node %s left (%s); %d prompts back to the pool",
             request.auth.node_id[:8],
@@ -267,10 +293,30 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 for lease in expired:
                     self.store.close_lease(lease, "expired", done=[])
             log.info("%d leases expired; their prompts go to other nodes", len(expired))
+            self._notify()
         return len(expired)
 
     async def Lease(self, request, context):
         await self._checked("Lease", request, context, validate.lease)
+        first = self.version
+
+        async def answer():
+            moved = self.version != first and not self.finished
+            if moved and request.policy_version >= self.version - self.cfg.max_staleness:
+                # Still allowed to lease at its version, but a newer one exists: sync first.
+                return swarm_pb2.LeaseReply(
+                    status=swarm_pb2.LEASE_WAIT,
+                    group_size=self.cfg.train.num_generations,
+                    message=f"version {self.version} is published: fetch it, then ask again",
+                )
+            return await self._lease(request, context)
+
+        # Held while no prompt is free, until a new policy is published.
+        return await self._hold(
+            request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
+        )
+
+    async def _lease(self, request, context):
         node_id = request.auth.node_id
         v, k = self.version, self.cfg.max_staleness
         reply = swarm_pb2.LeaseReply(group_size=self.cfg.train.num_generations)
@@ -366,6 +412,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             if lease.state == "open":
                 with self.store.tx():
                     self.store.close_lease(lease, "expired", done=[])
+                self._notify()
             reply.status, reply.message = (
                 swarm_pb2.SUBMIT_EXPIRED,
                 "the lease expired and its prompts went to other nodes",
@@ -374,6 +421,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         if lease.policy_version < v - k:
             with self.store.tx():
                 self.store.close_lease(lease, "stale", done=[])
+            self._notify()
             reply.status = swarm_pb2.SUBMIT_STALE
             reply.message = (
                 f"max_staleness={k} but these rollouts are {v - lease.policy_version} versions old; "
@@ -401,6 +449,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             self.store.add_counts(node_id, tokens=tokens, rollouts=len(request.groups))
             gen_tps = tokens / request.generation_s if request.generation_s > 0 else 0.0
             self.store.touch_node(node_id, tokens_per_s=gen_tps)
+        self._notify()
         reply.status = swarm_pb2.SUBMIT_ACCEPTED
         reply.accepted_groups = len(request.groups)
         for r in rewards:
@@ -412,6 +461,13 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def TrainBatch(self, request, context):
         await self._checked("TrainBatch", request, context, validate.train_batch)
+        return await self._hold(
+            request.wait_s,
+            lambda: self._train_batch(request),
+            lambda r: r.status == swarm_pb2.BATCH_WAIT,
+        )
+
+    async def _train_batch(self, request):
         v, k = self.version, self.cfg.max_staleness
         node_id = request.auth.node_id
         reply = swarm_pb2.TrainBatchReply(step=v)
@@ -503,6 +559,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         team.members = [m for m in team.members if m not in missing]
         team.attempt += 1
         team.reports.clear()
+        self._notify()
         log.warning(
             "step %d: workers %s dropped (all-reduce failed); their shards go back to the pool; attempt %d",
             step,
@@ -557,6 +614,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 self.store.add_counts(m, steps=1)
                 self.store.touch_node(m, policy_version=v + 1, activity="published")
         team.winner = winner
+        self._notify()
         diverged = [m[:8] for m in team.members if m in team.reports and team.reports[m][0] != winner]
         if diverged:
             log.warning(

@@ -46,6 +46,10 @@ from swarmgrpo.trainer.step import GRPOStep
 
 log = logging.getLogger("swarmgrpo.node")
 ROLES = {"rollout": swarm_pb2.ROLE_ROLLOUT, "train": swarm_pb2.ROLE_TRAIN}
+# A node with nothing to do lets the coordinator hold its Lease / TrainBatch call this long: the
+# answer comes the moment work or a new policy appears (no polling delay), and SIGTERM is
+# honoured at the latest this long after it arrives.
+LONG_POLL_S = 5.0
 
 
 @dataclass
@@ -189,7 +193,7 @@ class Node:
             self._announce(interval)
 
     def _wait(self, seconds: float) -> None:
-        self.stop.wait(max(seconds, 0.05))
+        self.stop.wait(seconds)
 
     # ------------------------------------------------------------------ weights
 
@@ -380,7 +384,7 @@ class Node:
 
     def rollout_loop(self) -> None:
         while not self.stop.is_set():
-            lease = self.client.lease(self.version, self.opts.max_prompts)
+            lease = self.client.lease(self.version, self.opts.max_prompts, wait_s=LONG_POLL_S)
             if lease.status == swarm_pb2.LEASE_FINISHED:
                 return
             if lease.status == swarm_pb2.LEASE_RESYNC:
@@ -442,7 +446,7 @@ class Node:
         out_dir = self.state_dir / "checkpoints"
         while not self.stop.is_set():
             self.activity = "waiting for rollouts"
-            reply = self.client.train_batch(self.version)
+            reply = self.client.train_batch(self.version, wait_s=LONG_POLL_S)
             if reply.status == swarm_pb2.BATCH_FINISHED:
                 return
             if reply.status == swarm_pb2.BATCH_RESYNC:

@@ -63,19 +63,20 @@ class CoordinatorClient:
     def policy(self) -> swarm_pb2.PolicyState:
         return self.call("GetPolicy", swarm_pb2.PolicyRequest())
 
-    def lease(self, version: int, max_prompts: int) -> swarm_pb2.LeaseReply:
-        return self.call("Lease", swarm_pb2.LeaseRequest(policy_version=version, max_prompts=max_prompts))
+    def lease(self, version: int, max_prompts: int, wait_s: float = 0.0) -> swarm_pb2.LeaseReply:
+        request = swarm_pb2.LeaseRequest(policy_version=version, max_prompts=max_prompts, wait_s=wait_s)
+        return self.call("Lease", request, timeout=60.0 + wait_s)
 
     def submit(self, request: swarm_pb2.SubmitRequest) -> swarm_pb2.SubmitReply:
         return self.call("Submit", request)
 
     def train_batch(
-        self, step: int, failed_attempt: int = 0, missing_node_ids: list[str] = ()
+        self, step: int, failed_attempt: int = 0, missing_node_ids: list[str] = (), wait_s: float = 0.0
     ) -> swarm_pb2.TrainBatchReply:
         request = swarm_pb2.TrainBatchRequest(
-            step=step, failed_attempt=failed_attempt, missing_node_ids=list(missing_node_ids)
+            step=step, failed_attempt=failed_attempt, missing_node_ids=list(missing_node_ids), wait_s=wait_s
         )
-        return self.call("TrainBatch", request)
+        return self.call("TrainBatch", request, timeout=60.0 + wait_s)
 
     def report_step(
         self, step: int, weight_hash: str, metrics: dict[str, float], attempt: int = 0

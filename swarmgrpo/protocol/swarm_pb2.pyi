@@ -179,14 +179,16 @@ class PolicyState(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("auth", "policy_version", "max_prompts")
+    __slots__ = ("auth", "policy_version", "max_prompts", "wait_s")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     policy_version: int
     max_prompts: int
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., max_prompts: _Optional[int] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., max_prompts: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "max_tokens", "seed")
@@ -287,16 +289,18 @@ class GroupRewards(_message.Message):
     def __init__(self, rewards: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrainBatchRequest(_message.Message):
-    __slots__ = ("auth", "step", "failed_attempt", "missing_node_ids")
+    __slots__ = ("auth", "step", "failed_attempt", "missing_node_ids", "wait_s")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FAILED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MISSING_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     failed_attempt: int
     missing_node_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., failed_attempt: _Optional[int] = ..., missing_node_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    wait_s: float
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., failed_attempt: _Optional[int] = ..., missing_node_ids: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class TrainGroup(_message.Message):
     __slots__ = ("prompt_index", "prompt_token_ids", "completions", "rewards", "policy_version")

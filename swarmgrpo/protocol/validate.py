@@ -31,6 +31,7 @@ class Limits:
     max_prompts_per_lease: int = 64
     max_string: int = 512
     max_addrs: int = 16
+    max_wait_s: float = 30.0
 
 
 def _check(ok: bool, field: str, problem: str, fix: str) -> None:
@@ -106,8 +107,18 @@ def heartbeat(req: swarm_pb2.HeartbeatRequest, limits: Limits) -> None:
     _rate(req.tokens_per_s, "tokens_per_s")
 
 
+def _wait(value: float, limits: Limits) -> None:
+    _check(
+        math.isfinite(value) and 0 <= value <= limits.max_wait_s,
+        "wait_s",
+        f"must be 0..{limits.max_wait_s:g} seconds, got {value}",
+        "ask for a shorter hold (the node asks again after a wait)",
+    )
+
+
 def lease(req: swarm_pb2.LeaseRequest, limits: Limits) -> None:
     _auth(req.auth, join=False)
+    _wait(req.wait_s, limits)
     _check(
         1 <= req.max_prompts <= limits.max_prompts_per_lease,
         "max_prompts",
@@ -187,6 +198,7 @@ def _completion(c: swarm_pb2.Completion, where: str, limits: Limits) -> None:
 
 def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
     _auth(req.auth, join=False)
+    _wait(req.wait_s, limits)
     _check(
         len(req.missing_node_ids) <= 1024 and all(len(n) == 32 for n in req.missing_node_ids),
         "missing_node_ids",

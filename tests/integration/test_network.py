@@ -226,6 +226,41 @@ def test_staleness_bound_and_lease_expiry(network):
     assert resync.policy.policy_version == 1 and resync.policy.weight_hash == "ab" * 32
 
 
+def test_held_calls_answer_when_work_or_a_policy_arrives(network):
+    """Lease and TrainBatch with wait_s are long polls: a trainer waiting for rollouts gets its
+    batch the moment they are accepted, and a rollout node waiting for work learns of the new
+    policy the moment it is published, not after a polling delay."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    network.start_coordinator()
+    rollout, _ = _join(network)
+    trainer, _ = _join(network, roles=(swarm_pb2.ROLE_TRAIN,))
+    with pytest.raises(CoordinatorError) as e:
+        trainer.train_batch(0, wait_s=31.0)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "wait_s" in str(e.value)
+    t0 = time.monotonic()
+    assert trainer.train_batch(0, wait_s=0.5).status == swarm_pb2.BATCH_WAIT
+    assert time.monotonic() - t0 >= 0.5, "held for wait_s while nothing came"
+    lease, _ = rollout.lease(0, 2), rollout.lease(0, 2)  # steps 0 and 1 (max_staleness = 1)
+    with ThreadPoolExecutor(2) as pool:
+        batch = pool.submit(trainer.train_batch, 0, wait_s=20.0)
+        time.sleep(1.0)
+        assert not batch.done(), "held while the step's rollouts are out"
+        assert rollout.submit(_fake_groups(lease)).status == swarm_pb2.SUBMIT_ACCEPTED
+        submitted = time.monotonic()
+        assert batch.result(timeout=10).status == swarm_pb2.BATCH_READY
+        assert time.monotonic() - submitted < 5.0
+        held = pool.submit(rollout.lease, 0, 2, wait_s=20.0)  # nothing to lease until v1
+        time.sleep(1.0)
+        assert not held.done()
+        assert trainer.report_step(0, "ab" * 32, {}).status == swarm_pb2.STEP_PUBLISHED
+        published = time.monotonic()
+        reply = held.result(timeout=10)
+        assert time.monotonic() - published < 5.0
+    assert reply.status == swarm_pb2.LEASE_WAIT and reply.retry_after_s == 0.0
+    assert "version 1 is published: fetch it" in reply.message
+
+
 def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
     network.start_coordinator()
     client, _ = _join(network)
