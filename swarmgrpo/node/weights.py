@@ -12,13 +12,13 @@ trivial twin used by tests) and the libp2p transport over hivemind's P2P (peers 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -27,15 +27,44 @@ class WeightError(Exception):
     pass
 
 
+_ST_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}
+
+
 def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]:
-    """(safetensors bytes, sha256 hex) of the model's weights in `dtype` (tied weights once)."""
-    tensors, seen = {}, set()
+    """(safetensors bytes, sha256 hex) of the model's weights in `dtype` (tied weights once).
+
+    Written straight into one buffer: each tensor is cast into its place (safetensors' own `save`
+    converts, copies each tensor to bytes and joins them: 2-7x slower on SmolLM2-135M, 0.8-2.7 s
+    against 0.4 s on one core, and this runs between every two training steps). The bytes are the
+    same as `safetensors.torch.save`'s (sorted names, compact JSON header padded to 8 bytes).
+    """
+    target = DTYPES[dtype]
+    tensors, seen = [], set()
     for name, t in sorted(model.state_dict().items()):
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
-        tensors[name] = t.detach().to(DTYPES[dtype]).contiguous()
-    data = st_save(tensors, metadata={"format": "pt"})
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            tensors.append((name, t))
+    item = torch.empty((), dtype=target).element_size()
+    header: dict = {"__metadata__": {"format": "pt"}}
+    size = 0
+    for name, t in tensors:
+        header[name] = {
+            "dtype": _ST_DTYPES[target],
+            "shape": list(t.shape),
+            "data_offsets": [size, size + t.numel() * item],
+        }
+        size += t.numel() * item
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    buf = bytearray(8 + len(head) + size)
+    buf[:8] = len(head).to_bytes(8, "little")
+    buf[8 : 8 + len(head)] = head
+    body = torch.frombuffer(buf, dtype=torch.uint8)[8 + len(head) :]
+    with torch.no_grad():
+        for name, t in tensors:
+            start, end = header[name]["data_offsets"]
+            body[start:end].view(target).copy_(t.detach().reshape(-1))
+    data = bytes(buf)
     return data, hashlib.sha256(data).hexdigest()
 
 
