@@ -9,8 +9,13 @@ the peers run `--rounds` averaging rounds through `GradientAverager`, the same c
 use; the table gives, per peer and round, the medians of bytes sent and of seconds, and the byte
 ratio against the float32 all-reduce of the same gradients.
 
-Emulated WAN (per-peer network namespaces, tbf bandwidth shaping, a delaying relay) is not part of
-this script yet: these figures are loopback only.
+With `--wan` (root), every peer runs in its own network namespace behind links shaped to
+`--rate-mbit` both ways, reaching the others only through a relay that adds `--rtt-ms` of round-trip
+time (`benchmarks/wan.py`); each row then also gives the physical limit of the round, the bytes the
+busiest peer sends over its link plus one round trip (the all-gather waits for the reduce-scatter),
+and the measured time's ratio to it.
+
+    python benchmarks/allreduce.py --wan --rate-mbit 100 --rtt-ms 50
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+from wan import Wan  # benchmarks/wan.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
+RELAY_PORT = 40000
 COMPRESSIONS = ("none", "fp16", "uint8", "powersgd")
 TARGET_POWERSGD_RATIO = 400
+TARGET_X_LIMIT = 1.5
 
 
 def parse_args(argv=None):
@@ -39,8 +48,12 @@ def parse_args(argv=None):
     p.add_argument("--compressions", default=",".join(COMPRESSIONS))
     p.add_argument("--rank", type=int, default=1, help="PowerSGD rank")
     p.add_argument("--rounds", type=int, default=3, help="rounds per (compression, N); the first is warm-up")
+    p.add_argument("--wan", action="store_true", help="emulated WAN: namespaces, tbf, delaying relay")
+    p.add_argument("--rate-mbit", type=float, default=100.0, help="--wan: each peer's link, both ways")
+    p.add_argument("--rtt-ms", type=float, default=50.0, help="--wan: round-trip time added by the relay")
     p.add_argument("--json-out", default="")
     p.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rounds < 2:
         p.error("--rounds must be at least 2: the first round is warm-up")
@@ -84,7 +97,7 @@ def peer_main(args) -> None:
     torch.set_num_threads(1)
     shapes = _shapes(args.model)
     params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
-    host = PeerHost()
+    host = PeerHost([args.listen])
     print(json.dumps({"peer_id": host.peer_id, "addrs": host.addrs}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -128,42 +141,33 @@ def main(argv=None) -> int:
         str(args.rank),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        for _ in range(max(sizes))
-    ]
-    rows = []
+    wan = Wan(max(sizes), args.rate_mbit, args.rtt_ms / 2) if args.wan else None
+    procs = []
     try:
+        for i in range(max(sizes)):
+            prefix = wan.exec_prefix(i) if wan else []
+            listen = ["--listen", f"/ip4/{wan.peer_ip(i)}/tcp/0"] if wan else []
+            procs.append(
+                subprocess.Popen(
+                    [*prefix, *cmd, *listen],
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         infos = [_readline(p) for p in procs]
-        for n in sizes:
-            members = [[i["peer_id"], i["addrs"]] for i in infos[:n]]
-            for comp in compressions:
-                tag = f"{comp}-{n}-{time.time()}"
-                for me, p in enumerate(procs[:n]):
-                    line = {
-                        "members": members,
-                        "me": me,
-                        "compression": comp,
-                        "rounds": args.rounds,
-                        "tag": tag,
-                    }
-                    p.stdin.write(json.dumps(line) + "\n")
-                    p.stdin.flush()
-                per_peer = [_readline(p)[1:] for p in procs[:n]]  # drop the warm-up round
-                rounds = [r for peer in per_peer for r in peer]
-                rows.append(
-                    {
-                        "compression": comp if comp != "powersgd" else f"powersgd r{args.rank}",
-                        "peers": n,
-                        "bytes_per_peer": statistics.median(r["allreduce_bytes"] for r in rounds),
-                        "seconds": statistics.median(r["allreduce_s"] for r in rounds),
-                    }
+        if wan:  # peers know each other only by the relay's addresses
+            routes = []
+            for i, info in enumerate(infos):
+                port = int(
+                    next(a for a in info["addrs"] if wan.peer_ip(i) in a).split("/tcp/")[1].split("/")[0]
                 )
-                print(
-                    f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
-                    f"{rows[-1]['seconds']:8.2f} s",
-                    flush=True,
-                )
+                routes.append((wan.relay_ip(i), RELAY_PORT, wan.peer_ip(i), port))
+                info["addrs"] = [f"/ip4/{wan.relay_ip(i)}/tcp/{RELAY_PORT}"]
+            wan.start_relay(routes)
+        rows = _measure(args, sizes, compressions, procs, infos)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -173,25 +177,81 @@ def main(argv=None) -> int:
                 p.wait(60)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if wan:
+            wan.close()
+    _report(args, rows)
+    return 0
+
+
+def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
+    rows = []
+    for n in sizes:
+        members = [[i["peer_id"], i["addrs"]] for i in infos[:n]]
+        for comp in compressions:
+            tag = f"{comp}-{n}-{time.time()}"
+            for me, p in enumerate(procs[:n]):
+                line = {
+                    "members": members,
+                    "me": me,
+                    "compression": comp,
+                    "rounds": args.rounds,
+                    "tag": tag,
+                }
+                p.stdin.write(json.dumps(line) + "\n")
+                p.stdin.flush()
+            per_peer = [_readline(p)[1:] for p in procs[:n]]  # drop the warm-up round
+            rounds = [r for peer in per_peer for r in peer]
+            rows.append(
+                {
+                    "compression": comp if comp != "powersgd" else f"powersgd r{args.rank}",
+                    "peers": n,
+                    "bytes_per_peer": statistics.median(r["allreduce_bytes"] for r in rounds),
+                    "bytes_busiest": max(r["allreduce_bytes"] for r in rounds),
+                    "seconds": statistics.median(r["allreduce_s"] for r in rounds),
+                }
+            )
+            if args.wan:
+                rows[-1]["limit_s"] = (
+                    rows[-1]["bytes_busiest"] * 8 / (args.rate_mbit * 1e6) + args.rtt_ms / 1000
+                )
+            print(
+                f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
+                f"{rows[-1]['seconds']:8.2f} s",
+                flush=True,
+            )
+    return rows
+
+
+def _report(args, rows) -> None:
     fp32 = {r["peers"]: r["bytes_per_peer"] for r in rows if r["compression"] == "none"}
-    print(
-        f"\nmodel {args.model}: {len(_shapes(args.model))} tensors; loopback, one libp2p host per peer process"
+    where = (
+        f"emulated WAN: {args.rate_mbit:g} Mbit/s per peer each way, {args.rtt_ms:g} ms RTT"
+        if args.wan
+        else "loopback"
     )
-    print(f"{'compression':14} {'N':>2} {'MB sent/peer':>13} {'x fewer':>8} {'s/round':>8}")
+    print(
+        f"\nmodel {args.model}: {len(_shapes(args.model))} tensors; {where}; one libp2p host per peer process"
+    )
+    head = f"{'compression':14} {'N':>2} {'MB sent/peer':>13} {'x fewer':>8} {'s/round':>8}"
+    print(head + (f" {'limit s':>8} {'x limit':>8}" if args.wan else ""))
     for r in rows:
         ratio = fp32.get(r["peers"], 0) / r["bytes_per_peer"] if r["bytes_per_peer"] else 0
         r["ratio_vs_fp32"] = ratio
-        print(
-            f"{r['compression']:14} {r['peers']:>2} {r['bytes_per_peer'] / 1e6:>13.3f} {ratio:>8.1f} {r['seconds']:>8.2f}"
-        )
+        line = f"{r['compression']:14} {r['peers']:>2} {r['bytes_per_peer'] / 1e6:>13.3f} {ratio:>8.1f} {r['seconds']:>8.2f}"
+        if args.wan:
+            r["x_limit"] = r["seconds"] / r["limit_s"]
+            line += f" {r['limit_s']:>8.2f} {r['x_limit']:>8.2f}"
+        print(line)
     psgd = [r["ratio_vs_fp32"] for r in rows if r["compression"].startswith("powersgd")]
     if psgd:
         print(
             f"PowerSGD r{args.rank} sends {min(psgd):.0f}x fewer bytes than fp32 (target >= {TARGET_POWERSGD_RATIO}x)"
         )
+    if args.wan:
+        worst = max(r["x_limit"] for r in rows)
+        print(f"slowest round against its physical limit: {worst:.2f}x (target <= {TARGET_X_LIMIT})")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"rows": rows, "argv": sys.argv[1:]}, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

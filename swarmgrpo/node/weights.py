@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -68,11 +69,34 @@ def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]
     return data, hashlib.sha256(data).hexdigest()
 
 
+def views(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors `data` as read-only views into it (no copy; don't write to them)."""
+    if len(data) < 8:
+        raise WeightError(f"weights of {len(data)} bytes are not a safetensors file")
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as e:
+        raise WeightError(f"weights have an unreadable safetensors header: {e}") from None
+    header.pop("__metadata__", None)
+    by_name = {v: k for k, v in _ST_DTYPES.items()}
+    if any(h["dtype"] not in by_name for h in header.values()):
+        return st_load(data)  # a dtype we do not write: let safetensors copy it
+    out = {}
+    with warnings.catch_warnings():  # bytes are read-only; these views are only read from
+        warnings.simplefilter("ignore", UserWarning)
+        for name, h in header.items():
+            start, end = h["data_offsets"]
+            raw = torch.frombuffer(data, dtype=torch.uint8, count=end - start, offset=8 + n + start)
+            out[name] = raw.view(by_name[h["dtype"]]).view(h["shape"])
+    return out
+
+
 def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") -> None:
     """Copy the weights in `data` into `model` in place (each tensor cast to the model's dtype)."""
     if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise WeightError("weights do not match the published sha256: refused (corrupt or altered transfer)")
-    tensors = st_load(data)
+    tensors = views(data)
     state = model.state_dict()
     loaded = {state[k].data_ptr() for k in tensors if k in state}  # a tied weight is sent once
     missing = [k for k in state if k not in tensors and state[k].data_ptr() not in loaded]
@@ -80,9 +104,14 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
         raise WeightError(
             f"weights lack {len(missing)} tensors of this model (first: {missing[0]}); wrong model?"
         )
+    extra = [k for k in tensors if k not in state]
+    if extra:
+        raise WeightError(
+            f"weights carry {len(extra)} tensors this model lacks (first: {extra[0]}); wrong model?"
+        )
     with torch.no_grad():
         for name, t in tensors.items():
-            state[name].copy_(t.to(state[name].dtype))
+            state[name].copy_(t)  # copy_ casts to the model's dtype
 
 
 class WeightTransport(ABC):
@@ -105,11 +134,14 @@ class FileWeights(WeightTransport):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep = keep
+        self._checked: dict[int, str] = {}  # version -> sha256 of the file as this node read it
 
     def _path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}.safetensors"
 
     def publish(self, version: int, data: bytes, sha256: str) -> None:
+        if self._checked.get(version) == sha256 and self._path(version).exists():
+            return  # this node just fetched that very file: writing it again would only cost time
         tmp = self._path(version).with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, self._path(version))
@@ -123,4 +155,6 @@ class FileWeights(WeightTransport):
         data = path.read_bytes()
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise WeightError(f"{path} does not match the published sha256")
+        if sha256:
+            self._checked = {version: sha256}
         return data

@@ -46,3 +46,23 @@ def test_load_into_refuses_bytes_that_are_not_the_published_ones(tiny):
     corrupt[-1] ^= 1
     with pytest.raises(WeightError, match="do not match the published sha256"):
         load_into(tiny, bytes(corrupt), sha)
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_load_into_reads_back_what_encode_wrote(dtype):
+    source, _ = load_model("tiny", seed=1)
+    target, _ = load_model("tiny", seed=2)
+    data, sha = encode(source, dtype)
+    load_into(target, data, sha)
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
+        assert torch.equal(a.to(DTYPES[dtype]).float(), b), name
+
+
+def test_weights_of_another_model_are_refused_by_name(tiny):
+    data, _ = encode(torch.nn.Linear(3, 4))
+    with pytest.raises(WeightError, match=r"lack \d+ tensors of this model"):
+        load_into(tiny, data)
+    with pytest.raises(WeightError, match="carry 1 tensors this model lacks"):
+        load_into(torch.nn.Linear(3, 4, bias=False), data)
+    with pytest.raises(WeightError, match="not a safetensors file"):
+        load_into(tiny, b"\x01")
