@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import select
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--wan", action="store_true", help="emulated WAN: namespaces, tbf, delaying relay")
     p.add_argument("--rate-mbit", type=float, default=100.0, help="--wan: each peer's link, both ways")
     p.add_argument("--rtt-ms", type=float, default=50.0, help="--wan: round-trip time added by the relay")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a round fails")
     p.add_argument("--json-out", default="")
     p.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", help=argparse.SUPPRESS)
@@ -90,7 +92,7 @@ def peer_main(args) -> None:
     """One peer: print its address; per command line, run rounds and print their figures."""
     import torch
 
-    from swarmgrpo.node.allreduce import Member
+    from swarmgrpo.node.allreduce import AllReduceError, Member
     from swarmgrpo.node.gradients import GradientAverager
     from swarmgrpo.node.p2p_host import PeerHost
 
@@ -103,14 +105,17 @@ def peer_main(args) -> None:
         cmd = json.loads(line)
         members = [Member(p, tuple(a)) for p, a in cmd["members"]]
         averager = GradientAverager(
-            host, params, compression=cmd["compression"], powersgd_rank=args.rank, timeout=600
+            host, params, compression=cmd["compression"], powersgd_rank=args.rank, timeout=args.timeout
         )
         gen = torch.Generator().manual_seed(cmd["me"])
         results = []
         for r in range(cmd["rounds"]):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=gen) * 1e-3
-            results.append(averager.average(f"{cmd['tag']}/{r}", members, cmd["me"], 1.0))
+            try:
+                results.append(averager.average(f"{cmd['tag']}/{r}", members, cmd["me"], 1.0))
+            except AllReduceError as e:  # counted in the table, not hidden
+                results.append({"error": str(e)[:300]})
         averager.close()
         print(json.dumps(results), flush=True)
     host.close()
@@ -139,8 +144,11 @@ def main(argv=None) -> int:
         args.model,
         "--rank",
         str(args.rank),
+        "--timeout",
+        str(args.timeout),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so the finally below cleans up
     wan = Wan(max(sizes), args.rate_mbit, args.rtt_ms / 2) if args.wan else None
     procs = []
     try:
@@ -200,7 +208,12 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                 p.stdin.write(json.dumps(line) + "\n")
                 p.stdin.flush()
             per_peer = [_readline(p)[1:] for p in procs[:n]]  # drop the warm-up round
-            rounds = [r for peer in per_peer for r in peer]
+            failed = [r["error"] for peer in per_peer for r in peer if "error" in r]
+            rounds = [r for peer in per_peer for r in peer if "error" not in r]
+            for e in sorted(set(failed)):
+                print(f"N={n} {comp}: a round failed: {e}", flush=True)
+            if not rounds:
+                continue
             rows.append(
                 {
                     "compression": comp if comp != "powersgd" else f"powersgd r{args.rank}",
@@ -208,6 +221,7 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                     "bytes_per_peer": statistics.median(r["allreduce_bytes"] for r in rounds),
                     "bytes_busiest": max(r["allreduce_bytes"] for r in rounds),
                     "seconds": statistics.median(r["allreduce_s"] for r in rounds),
+                    "failed_rounds": len(failed),
                 }
             )
             if args.wan:
@@ -247,6 +261,9 @@ def _report(args, rows) -> None:
         print(
             f"PowerSGD r{args.rank} sends {min(psgd):.0f}x fewer bytes than fp32 (target >= {TARGET_POWERSGD_RATIO}x)"
         )
+    failures = sum(r["failed_rounds"] for r in rows)
+    if failures:
+        print(f"{failures} peer-rounds failed (timeout {args.timeout:g} s): see the lines above")
     if args.wan:
         worst = max(r["x_limit"] for r in rows)
         print(f"slowest round against its physical limit: {worst:.2f}x (target <= {TARGET_X_LIMIT})")

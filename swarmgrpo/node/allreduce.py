@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -42,6 +43,8 @@ from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
 PROTOCOL = "swarmgrpo.allreduce"
+STREAMS = 8  # parallel streams per part sent (see `_send`)
+MIN_STREAM_BYTES = 256 * 1024  # parts smaller than this x streams use fewer streams
 REDUCE, GATHER = 0, 1
 
 
@@ -58,10 +61,14 @@ class AllReduceError(RuntimeError):
 
 
 class AllReduce:
-    def __init__(self, host: PeerHost, timeout: float = 120.0, chunk_bytes: int = 1 << 20):
-        self.host, self.timeout, self.chunk_bytes = host, timeout, chunk_bytes
+    def __init__(
+        self, host: PeerHost, timeout: float = 120.0, chunk_bytes: int = 1 << 20, streams: int = STREAMS
+    ):
+        self.host, self.timeout, self.chunk_bytes, self.streams = host, timeout, chunk_bytes, streams
         self.last_bytes_sent = 0
         self._inbox: dict[tuple[str, int, int, int], tuple[float, bytes, float]] = {}
+        # parts still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
+        self._partial: dict[tuple[str, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
         self._arrived: asyncio.Condition | None = None
         host.call(self._register())
 
@@ -81,11 +88,12 @@ class AllReduce:
     # ------------------------------------------------------------------ receiving
 
     async def _receive(self, requests: AsyncIterator[swarm_pb2.AllReducePart], context: P2PContext):
+        """One stream: a contiguous byte range of one part (a part may come over several streams)."""
         head, chunks, size = None, [], 0
         async for msg in requests:
             if head is None:
                 head = msg
-            if msg.offset != size or (msg.round_id, msg.phase, msg.part, msg.sender) != (
+            if msg.offset != head.offset + size or (msg.round_id, msg.phase, msg.part, msg.sender) != (
                 head.round_id,
                 head.phase,
                 head.part,
@@ -96,16 +104,36 @@ class AllReduce:
                 )
             chunks.append(msg.data)
             size += len(msg.data)
-        if head is None or size != head.total_bytes:
+        if head is None or head.offset + size > head.total_bytes:
             return swarm_pb2.AllReduceAck(error=f"stream ended after {size} bytes")
-        await self._put((head.round_id, head.phase, head.part, head.sender), head.weight, b"".join(chunks))
+        key = (head.round_id, head.phase, head.part, head.sender)
+        await self._piece(key, head.weight, head.total_bytes, head.offset, b"".join(chunks))
         return swarm_pb2.AllReduceAck()
+
+    async def _piece(self, key, weight: float, total: int, offset: int, data: bytes) -> None:
+        """Place one range of a part; the part goes to the inbox once its ranges cover it (a range
+        sent again by a retried send replaces itself)."""
+        if offset == 0 and len(data) == total:
+            await self._put(key, weight, data)
+            return
+        async with self._arrived:
+            buf, ranges, _ = self._partial.setdefault(key, (bytearray(total), {}, time.monotonic()))
+            if len(buf) != total:
+                return  # a stream that disagrees on the size: the part stays incomplete
+            buf[offset : offset + len(data)] = data
+            ranges[offset] = len(data)
+            if sum(ranges.values()) < total:
+                return
+            del self._partial[key]
+        await self._put(key, weight, bytes(buf))
 
     async def _put(self, key, weight: float, data: bytes) -> None:
         now = time.monotonic()
         async with self._arrived:
             for old in [k for k, v in self._inbox.items() if now - v[2] > 10 * self.timeout]:
                 del self._inbox[old]  # parts of rounds that failed or that we never ran
+            for old in [k for k, v in self._partial.items() if now - v[2] > 10 * self.timeout]:
+                del self._partial[old]
             self._inbox[key] = (weight, data, now)
             self._arrived.notify_all()
 
@@ -123,20 +151,28 @@ class AllReduce:
     # ------------------------------------------------------------------ sending
 
     async def _send(self, member: Member, head: swarm_pb2.AllReducePart, data: bytes) -> None:
+        """`data` to `member` over up to `streams` parallel streams, one contiguous range each: a
+        libp2p stream's flow-control window (yamux) caps one stream at window / RTT, which on a
+        50 ms link is far below the link's speed."""
         peer = PeerID.from_base58(member.peer_id)
         await self.host.connect(peer, member.addrs, self.timeout)
 
-        async def chunks():
-            for offset in range(0, max(len(data), 1), self.chunk_bytes):
-                msg = swarm_pb2.AllReducePart()
-                msg.CopyFrom(head)
-                msg.offset, msg.total_bytes = offset, len(data)
-                msg.data = data[offset : offset + self.chunk_bytes]
-                yield msg
+        async def stream(start: int, end: int) -> None:
+            async def chunks():
+                for offset in range(start, max(end, start + 1), self.chunk_bytes):
+                    msg = swarm_pb2.AllReducePart()
+                    msg.CopyFrom(head)
+                    msg.offset, msg.total_bytes = offset, len(data)
+                    msg.data = data[offset : min(offset + self.chunk_bytes, end)]
+                    yield msg
 
-        ack = await self.host.p2p.call_protobuf_handler(peer, PROTOCOL, chunks(), swarm_pb2.AllReduceAck)
-        if ack.error:
-            raise AllReduceError(f"member {member.peer_id[:12]} refused a part: {ack.error}")
+            ack = await self.host.p2p.call_protobuf_handler(peer, PROTOCOL, chunks(), swarm_pb2.AllReduceAck)
+            if ack.error:
+                raise AllReduceError(f"member {member.peer_id[:12]} refused a part: {ack.error}")
+
+        n = max(1, min(self.streams, -(-len(data) // MIN_STREAM_BYTES)))
+        bounds = [len(data) * i // n for i in range(n + 1)]
+        await asyncio.gather(*(stream(a, b) for a, b in itertools.pairwise(bounds)))
         self.last_bytes_sent += len(data)
 
     async def _send_all(
@@ -187,10 +223,14 @@ class AllReduce:
         )
 
     async def _run(self, round_id, members, me, vector, weight, codec) -> torch.Tensor:
+        """Sends run in the background: a phase ends when this member has *received* what it
+        needs, not when its own sends are acknowledged, so each phase costs one trip across the
+        network, not two. Every send must still succeed before the round counts."""
         n = len(members)
         deadline = time.monotonic() + self.timeout
         self.last_bytes_sent = 0
         slices = torch.tensor_split(vector.to(torch.float32), n)
+        sending: list[asyncio.Task] = []
         try:
             sends = []
             for j, part in enumerate(slices):
@@ -202,8 +242,9 @@ class AllReduce:
                     await self._put((round_id, REDUCE, me, me), weight, data)
                 else:
                     sends.append((j, members[j], head, data))
-            await self._send_all(sends, deadline)
-            inputs = await self._wait({(round_id, REDUCE, me, i) for i in range(n)}, deadline)
+            sending.append(asyncio.create_task(self._send_all(sends, deadline)))
+            keys = {(round_id, REDUCE, me, i) for i in range(n)}
+            inputs = await self._receive_while_sending(keys, deadline, sending)
             total = torch.zeros(slices[me].numel(), dtype=torch.float64)
             weights = 0.0
             for i in range(n):  # fixed order: the owner's arithmetic does not depend on arrival order
@@ -213,10 +254,32 @@ class AllReduce:
             mean = compression.encode(codec, (total / weights).to(torch.float32))
             await self._put((round_id, GATHER, me, me), 0.0, mean)
             head = swarm_pb2.AllReducePart(round_id=round_id, phase=GATHER, part=me, sender=me)
-            await self._send_all([(j, members[j], head, mean) for j in range(n) if j != me], deadline)
-            outputs = await self._wait({(round_id, GATHER, j, j) for j in range(n)}, deadline)
+            gathers = [(j, members[j], head, mean) for j in range(n) if j != me]
+            sending.append(asyncio.create_task(self._send_all(gathers, deadline)))
+            keys = {(round_id, GATHER, j, j) for j in range(n)}
+            outputs = await self._receive_while_sending(keys, deadline, sending)
+            await asyncio.gather(*sending)  # every member must have got this member's parts
             return torch.cat([compression.decode(outputs[(round_id, GATHER, j, j)][1]) for j in range(n)])
         finally:
+            for task in sending:
+                task.cancel()
             async with self._arrived:
                 for key in [k for k in self._inbox if k[0] == round_id]:
                     del self._inbox[key]
+                for key in [k for k in self._partial if k[0] == round_id]:
+                    del self._partial[key]
+
+    async def _receive_while_sending(self, keys: set, deadline: float, sending: list) -> dict:
+        """`_wait` for `keys`, failing as soon as one of this member's sends has failed."""
+        waiting = asyncio.create_task(self._wait(keys, deadline))
+        try:
+            while True:
+                pending = [t for t in sending if not t.done()]
+                await asyncio.wait([waiting, *pending], return_when=asyncio.FIRST_COMPLETED)
+                for t in sending:
+                    if t.done() and t.exception() is not None:
+                        raise t.exception()
+                if waiting.done():
+                    return waiting.result()
+        finally:
+            waiting.cancel()

@@ -8,12 +8,13 @@ and hivemind's own 8-bit codec decodes again (its NumPy 2 bug, worked around in 
 import hashlib
 import json
 import sys
+import time
 
 import pytest
 import torch
 
 from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import AllReduce, AllReduceError, Member
+from swarmgrpo.node.allreduce import MIN_STREAM_BYTES, AllReduce, AllReduceError, Member
 from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.node.powersgd import PowerSGD
 from tests.integration.peerprocs import readline, send, spawn, stop
@@ -24,8 +25,8 @@ SHAPES = [(64, 96), (300,), (40, 50)]  # PowerSGD: two matrices and a vector
 WEIGHTS = [1.0, 2.0, 3.0]
 
 
-def _vector(seed: int) -> torch.Tensor:
-    return torch.randn(SIZE, generator=torch.Generator().manual_seed(seed))
+def _vector(seed: int, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
 
 
 def _grads(seed: int, step: int = 0) -> list[torch.Tensor]:
@@ -54,7 +55,8 @@ def _run(reducer, psgd, cmd):
     if cmd["codec"] == "powersgd":
         out = psgd.reduce(reducer, cmd["round"], members, me, _grads(me, cmd.get("step", 0)), weight)
         return out, psgd.last_bytes_sent
-    out = reducer.run(cmd["round"], members, me, _vector(me), weight, codec=cmd["codec"])
+    vector = _vector(me, cmd.get("size", SIZE))
+    out = reducer.run(cmd["round"], members, me, vector, weight, codec=cmd["codec"])
     return [out], reducer.last_bytes_sent
 
 
@@ -145,6 +147,35 @@ def test_every_codec_averages_and_every_member_gets_identical_bytes(group, codec
     expected = {"none": 1.0, "fp16": 0.5, "uint8": 0.25}[codec] * full * 2 * 2 / 3  # 2·(N−1)/N of the vector
     # Within 5%: message headers, and the 8-bit codebook (256 floats per slice).
     assert all(abs(s - expected) / expected < 0.05 for s in sent), (sent, expected)
+
+
+def test_parts_larger_than_a_stream_travel_over_several_and_arrive_whole(group):
+    """1.2 MB slices go over parallel streams (see AllReduce._send); a resent range changes nothing."""
+    size = 900_001
+    assert size * 4 // 3 > 4 * MIN_STREAM_BYTES
+    outs, shas, _ = _round(group, "big", "none", size=size)
+    assert len(set(shas)) == 1, "members disagree"
+    mean = _weighted_mean(WEIGHTS, [_vector(i, size) for i in range(3)]).float()
+    torch.testing.assert_close(outs[0][0], mean, atol=1e-6, rtol=1e-6)
+
+
+def test_a_range_sent_twice_is_placed_once():
+    host = PeerHost()
+    reducer = AllReduce(host, timeout=5)
+    try:
+        data = bytes(range(256)) * 8
+        key = ("r", 0, 0, 1)
+
+        async def pieces():
+            for offset in (0, 0, 1024):  # the first range twice (a retried send), then the rest
+                await reducer._piece(key, 2.0, len(data), offset, data[offset : offset + 1024])
+            return await reducer._wait({key}, time.monotonic() + 5)
+
+        got = host.call(pieces())
+        assert got[key] == (2.0, data)
+    finally:
+        reducer.close()
+        host.close()
 
 
 def test_powersgd_tracks_the_mean_with_identical_results_and_far_fewer_bytes(group):
