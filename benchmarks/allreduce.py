@@ -12,8 +12,8 @@ ratio against the float32 all-reduce of the same gradients.
 With `--wan` (root), every peer runs in its own network namespace behind links shaped to
 `--rate-mbit` both ways, reaching the others only through a relay that adds `--rtt-ms` of round-trip
 time (`benchmarks/wan.py`); each row then also gives the physical limit of the round, the bytes the
-busiest peer sends over its link plus one round trip (the all-gather waits for the reduce-scatter),
-and the measured time's ratio to it.
+busiest peer sends over its link plus one round trip per all-reduce (a slice must reach its owner
+and its mean come back; PowerSGD runs two all-reduces in turn), and the measured time's ratio to it.
 
     python benchmarks/allreduce.py --wan --rate-mbit 100 --rtt-ms 50
 """
@@ -224,10 +224,10 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                     "failed_rounds": len(failed),
                 }
             )
-            if args.wan:
-                rows[-1]["limit_s"] = (
-                    rows[-1]["bytes_busiest"] * 8 / (args.rate_mbit * 1e6) + args.rtt_ms / 1000
-                )
+            if args.wan:  # PowerSGD is two all-reduces in turn (P, then Q): two round trips
+                trips = 2 if comp == "powersgd" else 1
+                wire_s = rows[-1]["bytes_busiest"] * 8 / (args.rate_mbit * 1e6)
+                rows[-1]["limit_s"] = wire_s + trips * args.rtt_ms / 1000
             print(
                 f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
                 f"{rows[-1]['seconds']:8.2f} s",
