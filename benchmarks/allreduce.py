@@ -177,9 +177,12 @@ def main(argv=None) -> int:
             wan.start_relay(routes)
         rows = _measure(args, sizes, compressions, procs, infos)
     finally:
+        finished = "rows" in locals()
         for p in procs:
             if p.poll() is None:
                 p.stdin.close()
+                if not finished:  # interrupted mid-round: don't wait for the round to end
+                    p.kill()
         for p in procs:
             try:
                 p.wait(60)

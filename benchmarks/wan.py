@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-CHUNK = 1 << 16
+CHUNK = 1 << 18
 
 
 def _run(*cmd: str) -> None:

@@ -117,7 +117,9 @@ class AllReduce:
             await self._put(key, weight, data)
             return
         async with self._arrived:
-            buf, ranges, _ = self._partial.setdefault(key, (bytearray(total), {}, time.monotonic()))
+            if key not in self._partial:
+                self._partial[key] = (bytearray(total), {}, time.monotonic())
+            buf, ranges, _ = self._partial[key]
             if len(buf) != total:
                 return  # a stream that disagrees on the size: the part stays incomplete
             buf[offset : offset + len(data)] = data

@@ -4,7 +4,9 @@
     part = decode(data)                 # the codec is read from the message itself
 
 Codecs (the run config's `compression`, see `allreduce`):
-- `none`: float32 (hivemind's serializer);
+- `none`: float32, the raw little-endian values (read back as a view of the received bytes: going
+  through hivemind's serializer cost three extra copies of every part, a quarter of the fp32
+  all-reduce's time on SmolLM2-sized vectors);
 - `fp16`: float16 scaled per block of 1024 values by the block's largest magnitude (sent as float32,
   0.2% of the bytes). Plain float16 flushes values below 6e-8 to zero, and AdamW, which normalises
   every element, turns that into full-size differences: two workers of the tiny model took an
@@ -26,15 +28,17 @@ sends such a part (and an empty one) as float32, which costs nothing (it is rare
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from hivemind.compression import serialization
 from hivemind.compression.quantization import Quantile8BitQuantization, Uniform8BitQuantization
 from hivemind.proto import runtime_pb2
 
-CODECS = {"none": runtime_pb2.NONE, "fp16": None, "uint8": runtime_pb2.UNIFORM_8BIT}
+CODECS = {"none": None, "fp16": None, "uint8": runtime_pb2.UNIFORM_8BIT}
 FP16_BLOCK = 1024
-_HIVEMIND, _BLOCK_FP16 = b"h", b"b"  # first byte of every encoding: which format follows
+_HIVEMIND, _BLOCK_FP16, _RAW_F32 = b"h", b"b", b"f"  # first byte of every encoding: which format follows
 
 
 class _NumPy2Extract:
@@ -71,9 +75,11 @@ install_hivemind_fixes()
 def encode(codec: str, part: torch.Tensor) -> bytes:
     if codec not in CODECS:
         raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)} (or powersgd)")
-    part = part.detach().reshape(-1).to(torch.float32)
+    part = part.detach().reshape(-1).to(torch.float32).contiguous()
+    if codec == "none":
+        return b"".join([_RAW_F32, _le(part)])
     if codec == "fp16":
-        return _BLOCK_FP16 + _encode_block_fp16(part)
+        return _encode_block_fp16(part)
     kind = CODECS[codec]
     if kind == runtime_pb2.UNIFORM_8BIT and (part.numel() < 2 or bool(part.min() == part.max())):
         kind = runtime_pb2.NONE
@@ -81,16 +87,30 @@ def encode(codec: str, part: torch.Tensor) -> bytes:
 
 
 def decode(data: bytes) -> torch.Tensor:
-    kind, body = data[:1], data[1:]
+    kind = data[:1]
+    if kind == _RAW_F32:
+        return _view(data, torch.float32, 1) if len(data) > 1 else torch.zeros(0)
     if kind == _BLOCK_FP16:
-        return _decode_block_fp16(body)
+        return _decode_block_fp16(data)
     if kind != _HIVEMIND:
         raise ValueError(
             f"unknown gradient encoding {kind!r}: is the peer running another swarmgrpo version?"
         )
     message = runtime_pb2.Tensor()
-    message.ParseFromString(body)
+    message.ParseFromString(data[1:])
     return serialization.deserialize_torch_tensor(message).to(torch.float32)
+
+
+def _le(t: torch.Tensor) -> memoryview:
+    """The tensor's bytes, little-endian (as on every platform torch runs on), without a copy."""
+    return memoryview(t.numpy()).cast("B")
+
+
+def _view(data: bytes, dtype: torch.dtype, offset: int, count: int = -1) -> torch.Tensor:
+    """A read-only view of `data` (callers only read decoded parts; no copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "non-writable buffer": we never write to it
+        return torch.frombuffer(data, dtype=dtype, offset=offset, count=count)
 
 
 def _encode_block_fp16(x: torch.Tensor) -> bytes:
@@ -98,17 +118,18 @@ def _encode_block_fp16(x: torch.Tensor) -> bytes:
     blocks = torch.nn.functional.pad(x, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK)
     scale = blocks.abs().amax(1)
     scaled = (blocks / torch.where(scale > 0, scale, 1.0)[:, None]).to(torch.float16)
-    return n.to_bytes(8, "little") + scale.numpy().tobytes() + scaled.reshape(-1)[:n].numpy().tobytes()
+    values = scaled.reshape(-1)[:n].contiguous()
+    return b"".join([_BLOCK_FP16, n.to_bytes(8, "little"), _le(scale), _le(values)])
 
 
-def _decode_block_fp16(body: bytes) -> torch.Tensor:
-    n = int.from_bytes(body[:8], "little")
+def _decode_block_fp16(data: bytes) -> torch.Tensor:
+    n = int.from_bytes(data[1:9], "little")
     if n == 0:
         return torch.zeros(0)
     n_blocks = -(-n // FP16_BLOCK)
-    scale = torch.frombuffer(bytearray(body[8 : 8 + 4 * n_blocks]), dtype=torch.float32)
-    values = torch.frombuffer(bytearray(body[8 + 4 * n_blocks :]), dtype=torch.float16).to(torch.float32)
-    if values.numel() != n:
-        raise ValueError(f"fp16 part holds {values.numel()} values, its header says {n}")
+    if len(data) != 9 + 4 * n_blocks + 2 * n:
+        raise ValueError(f"fp16 part of {len(data)} bytes cannot hold the {n} values its header says")
+    scale = _view(data, torch.float32, 9, n_blocks)
+    values = _view(data, torch.float16, 9 + 4 * n_blocks).to(torch.float32)
     padded = torch.nn.functional.pad(values, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK) * scale[:, None]
     return padded.reshape(-1)[:n]

@@ -31,3 +31,13 @@ def test_unknown_codec_and_encoding_are_refused():
         encode("zip", torch.ones(3))
     with pytest.raises(ValueError, match="unknown gradient encoding"):
         decode(b"?garbage")
+
+
+def test_float32_parts_are_their_raw_values_and_a_truncated_part_is_refused():
+    x = torch.randn(1000)
+    data = encode("none", x)
+    assert len(data) == 1 + 4 * 1000 and torch.equal(decode(data), x)
+    with pytest.raises(ValueError):
+        decode(data[:-1])
+    with pytest.raises(ValueError, match="cannot hold"):
+        decode(encode("fp16", x)[:-2])
