@@ -66,7 +66,7 @@ class AllReduce:
     ):
         self.host, self.timeout, self.chunk_bytes, self.streams = host, timeout, chunk_bytes, streams
         self.last_bytes_sent = 0
-        self._inbox: dict[tuple[str, int, int, int], tuple[float, bytes, float]] = {}
+        self._inbox: dict[tuple[str, int, int, int], tuple[float, bytes | bytearray, float]] = {}
         # parts still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
         self._partial: dict[tuple[str, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
         self._arrived: asyncio.Condition | None = None
@@ -88,11 +88,14 @@ class AllReduce:
     # ------------------------------------------------------------------ receiving
 
     async def _receive(self, requests: AsyncIterator[swarm_pb2.AllReducePart], context: P2PContext):
-        """One stream: a contiguous byte range of one part (a part may come over several streams)."""
-        head, chunks, size = None, [], 0
+        """One stream: a contiguous byte range of one part (a part may come over several streams),
+        written straight into the part's buffer as it arrives."""
+        head, size, buf = None, 0, None
         async for msg in requests:
             if head is None:
                 head = msg
+                buf = self._buffer((msg.round_id, msg.phase, msg.part, msg.sender), msg.total_bytes)
+            end = msg.offset + len(msg.data)
             if msg.offset != head.offset + size or (msg.round_id, msg.phase, msg.part, msg.sender) != (
                 head.round_id,
                 head.phase,
@@ -102,34 +105,36 @@ class AllReduce:
                 return swarm_pb2.AllReduceAck(
                     error=f"chunk at offset {msg.offset} after {size} bytes: stream corrupt"
                 )
-            chunks.append(msg.data)
+            if msg.total_bytes != head.total_bytes or end > len(buf):
+                return swarm_pb2.AllReduceAck(error=f"chunk ends at {end}, past the part's {len(buf)} bytes")
+            buf[msg.offset : end] = msg.data
             size += len(msg.data)
-        if head is None or head.offset + size > head.total_bytes:
-            return swarm_pb2.AllReduceAck(error=f"stream ended after {size} bytes")
+        if head is None:
+            return swarm_pb2.AllReduceAck(error="empty stream")
         key = (head.round_id, head.phase, head.part, head.sender)
-        await self._piece(key, head.weight, head.total_bytes, head.offset, b"".join(chunks))
+        await self._piece(key, head.weight, head.offset, size)
         return swarm_pb2.AllReduceAck()
 
-    async def _piece(self, key, weight: float, total: int, offset: int, data: bytes) -> None:
-        """Place one range of a part; the part goes to the inbox once its ranges cover it (a range
-        sent again by a retried send replaces itself)."""
-        if offset == 0 and len(data) == total:
-            await self._put(key, weight, data)
-            return
+    def _buffer(self, key, total: int) -> bytearray:
+        if key not in self._partial:
+            self._partial[key] = (bytearray(total), {}, time.monotonic())
+        return self._partial[key][0]
+
+    async def _piece(self, key, weight: float, offset: int, length: int) -> None:
+        """A range of a part is in its buffer; the part goes to the inbox once its ranges cover it
+        (a range sent again by a retried send replaces itself)."""
         async with self._arrived:
-            if key not in self._partial:
-                self._partial[key] = (bytearray(total), {}, time.monotonic())
-            buf, ranges, _ = self._partial[key]
-            if len(buf) != total:
-                return  # a stream that disagrees on the size: the part stays incomplete
-            buf[offset : offset + len(data)] = data
-            ranges[offset] = len(data)
-            if sum(ranges.values()) < total:
+            entry = self._partial.get(key)
+            if entry is None:
+                return  # the round ended meanwhile
+            buf, ranges, _ = entry
+            ranges[offset] = length
+            if sum(ranges.values()) < len(buf):
                 return
             del self._partial[key]
-        await self._put(key, weight, bytes(buf))
+        await self._put(key, weight, buf)
 
-    async def _put(self, key, weight: float, data: bytes) -> None:
+    async def _put(self, key, weight: float, data: bytes | bytearray) -> None:
         now = time.monotonic()
         async with self._arrived:
             for old in [k for k, v in self._inbox.items() if now - v[2] > 10 * self.timeout]:
