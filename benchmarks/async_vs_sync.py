@@ -41,6 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype of both nodes"
     )
+    p.add_argument(
+        "--weights",
+        choices=("p2p", "file"),
+        default="p2p",
+        help="how new versions travel: libp2p streams between the nodes (a network's default) or a shared folder",
+    )
     p.add_argument("--out", default="runs/bench-async", help="working folder (wiped per k)")
     p.add_argument("--json-out", default="")
     return p.parse_args(argv)
@@ -95,11 +101,11 @@ def run_one(args, k: int) -> dict:
             grpc_addr,
             "--token",
             "bench",
-            "--weights-dir",
-            str(root / "weights"),
             "--threads",
             "1",
         ]
+        if args.weights == "file":
+            common += ["--weights-dir", str(root / "weights")]
         trainer = procs.start(
             "trainer", ["node", *common, "--roles", "train", "--state-dir", str(root / "trainer")], cpu=1
         )
@@ -137,7 +143,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     print(
         f"model={args.model} steps={args.steps} prompts/step={args.prompts} G={args.num_generations} "
-        f"tokens={args.max_completion_length} dtype={args.dtype}; rollout node on core 0, trainer on core 1, 1 thread each",
+        f"tokens={args.max_completion_length} dtype={args.dtype} weights={args.weights}; "
+        "rollout node on core 0, trainer on core 1, 1 thread each",
         flush=True,
     )
     results = []
