@@ -46,18 +46,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--compressions", default=",".join(COMPRESSIONS))
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--prompts", type=int, default=4, help="prompts per step (split over the workers)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step (split over the workers)")
     p.add_argument("--num-generations", type=int, default=8)
-    p.add_argument("--max-completion-length", type=int, default=16)
-    p.add_argument("--learning-rate", type=float, default=0.03)
+    p.add_argument("--max-completion-length", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--rank", type=int, default=1, help="PowerSGD rank")
-    p.add_argument("--window", type=int, default=10, help="final reward: mean of the last N steps")
+    p.add_argument(
+        "--window", type=int, default=0, help="final reward: mean of the last N steps (default: a quarter)"
+    )
     p.add_argument("--json-out", default="")
     args = p.parse_args(argv)
     if args.workers > args.prompts:
         p.error("--workers must not exceed --prompts: every worker needs a shard")
+    args.window = args.window or max(1, args.steps // 4)
     if args.window > args.steps:
         p.error("--window must not exceed --steps")
     return args
@@ -75,7 +78,7 @@ def run(args, compression: str, seed: int) -> list[float]:
     torch.manual_seed(seed)
     cfg = TrainConfig(
         model="tiny",
-        task=TaskConfig(name="uppercase"),
+        task=TaskConfig(name="uppercase", reward_weights={"correctness": 1.0}),
         seed=seed,
         num_generations=args.num_generations,
         generation_batch_size=args.prompts * args.num_generations,
@@ -149,6 +152,7 @@ def main(argv=None) -> int:
                 flush=True,
             )
     final = {c: [statistics.mean(curves[c][s][-args.window :]) for s in seeds] for c in compressions}
+    area = {c: [statistics.mean(curves[c][s]) for s in seeds] for c in compressions}
     every = max(1, args.steps // 10)
     print(f"\nmean reward over seeds, every {every} steps:")
     for comp in compressions:
@@ -157,17 +161,19 @@ def main(argv=None) -> int:
     base = final.get("none")
     spread = max(base) - min(base) if base else float("nan")
     print(f"\nfinal reward (mean of the last {args.window} steps) per seed, and the gap to 'none':")
-    print(f"{'compression':12} {'per seed':30} {'mean':>6} {'gap':>7}")
+    print(
+        f"{'compression':12} {'per seed':30} {'mean':>6} {'gap':>7}   mean over all steps (speed of learning)"
+    )
     for comp in compressions:
         mean = statistics.mean(final[comp])
         gap = mean - statistics.mean(base) if base else float("nan")
         per_seed = " ".join(f"{x:.3f}" for x in final[comp])
-        print(f"{comp:12} {per_seed:30} {mean:>6.3f} {gap:>+7.3f}")
+        print(f"{comp:12} {per_seed:30} {mean:>6.3f} {gap:>+7.3f}   {statistics.mean(area[comp]):.3f}")
     if base:
         print(f"noise: 'none' varies by {spread:.3f} (max - min) across seeds; a |gap| within it is parity")
     if args.json_out:
         Path(args.json_out).write_text(
-            json.dumps({"args": vars(args), "curves": curves, "final": final}, indent=1)
+            json.dumps({"args": vars(args), "curves": curves, "final": final, "area": area}, indent=1)
         )
     return 0
 
