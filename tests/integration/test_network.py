@@ -130,8 +130,9 @@ def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
             "SELECT MAX(v.version - 1 - r.policy_version) FROM rollouts r JOIN versions v ON v.version = r.step + 1"
         ).fetchone()[0]
         assert stale <= 1, "max_staleness = 1 was exceeded"
-    for name in ("rollout0", "rollout1"):
-        assert "synced to policy" in network.log(name), "rollout nodes fetched new weights from peers"
+    # rollout1 joined at version 2 and fetched it from a peer before making step 2's rollouts;
+    # rollout0, resumed after that, may find the run finished before it needs new weights.
+    assert "synced to policy 2" in network.log("rollout1"), "rollout1 fetched version 2 from a peer"
     for name in ("trainer", "rollout0", "rollout1"):
         assert re.search(r"DHT peer \S+ via [1-9]\d* bootstrap peers", network.log(name)), name
     assert "left the run (finished)" in network.log("rollout0")
