@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so the finally below cleans up
     wan = Wan(max(sizes), args.rate_mbit, args.rtt_ms / 2) if args.wan else None
-    procs = []
+    procs, rows = [], None
     try:
         for i in range(max(sizes)):
             prefix = wan.exec_prefix(i) if wan else []
@@ -177,11 +177,10 @@ def main(argv=None) -> int:
             wan.start_relay(routes)
         rows = _measure(args, sizes, compressions, procs, infos)
     finally:
-        finished = "rows" in locals()
         for p in procs:
             if p.poll() is None:
                 p.stdin.close()
-                if not finished:  # interrupted mid-round: don't wait for the round to end
+                if rows is None:  # interrupted mid-round: don't wait for the round to end
                     p.kill()
         for p in procs:
             try:

@@ -28,13 +28,13 @@ sends such a part (and an empty one) as float32, which costs nothing (it is rare
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from hivemind.compression import serialization
 from hivemind.compression.quantization import Quantile8BitQuantization, Uniform8BitQuantization
 from hivemind.proto import runtime_pb2
+
+from swarmgrpo.node.buffers import raw_bytes, readonly_view
 
 CODECS = {"none": None, "fp16": None, "uint8": runtime_pb2.UNIFORM_8BIT}
 FP16_BLOCK = 1024
@@ -77,7 +77,7 @@ def encode(codec: str, part: torch.Tensor) -> bytes:
         raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)} (or powersgd)")
     part = part.detach().reshape(-1).to(torch.float32).contiguous()
     if codec == "none":
-        return b"".join([_RAW_F32, _le(part)])
+        return b"".join([_RAW_F32, raw_bytes(part)])
     if codec == "fp16":
         return _encode_block_fp16(part)
     kind = CODECS[codec]
@@ -89,7 +89,7 @@ def encode(codec: str, part: torch.Tensor) -> bytes:
 def decode(data: bytes) -> torch.Tensor:
     kind = data[:1]
     if kind == _RAW_F32:
-        return _view(data, torch.float32, 1) if len(data) > 1 else torch.zeros(0)
+        return readonly_view(data, torch.float32, 1) if len(data) > 1 else torch.zeros(0)
     if kind == _BLOCK_FP16:
         return _decode_block_fp16(data)
     if kind != _HIVEMIND:
@@ -101,25 +101,13 @@ def decode(data: bytes) -> torch.Tensor:
     return serialization.deserialize_torch_tensor(message).to(torch.float32)
 
 
-def _le(t: torch.Tensor) -> memoryview:
-    """The tensor's bytes, little-endian (as on every platform torch runs on), without a copy."""
-    return memoryview(t.numpy()).cast("B")
-
-
-def _view(data: bytes, dtype: torch.dtype, offset: int, count: int = -1) -> torch.Tensor:
-    """A read-only view of `data` (callers only read decoded parts; no copy)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable buffer": we never write to it
-        return torch.frombuffer(data, dtype=dtype, offset=offset, count=count)
-
-
 def _encode_block_fp16(x: torch.Tensor) -> bytes:
     n = x.numel()
     blocks = torch.nn.functional.pad(x, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK)
     scale = blocks.abs().amax(1)
     scaled = (blocks / torch.where(scale > 0, scale, 1.0)[:, None]).to(torch.float16)
     values = scaled.reshape(-1)[:n].contiguous()
-    return b"".join([_BLOCK_FP16, n.to_bytes(8, "little"), _le(scale), _le(values)])
+    return b"".join([_BLOCK_FP16, n.to_bytes(8, "little"), raw_bytes(scale), raw_bytes(values)])
 
 
 def _decode_block_fp16(data: bytes) -> torch.Tensor:
@@ -129,7 +117,7 @@ def _decode_block_fp16(data: bytes) -> torch.Tensor:
     n_blocks = -(-n // FP16_BLOCK)
     if len(data) != 9 + 4 * n_blocks + 2 * n:
         raise ValueError(f"fp16 part of {len(data)} bytes cannot hold the {n} values its header says")
-    scale = _view(data, torch.float32, 9, n_blocks)
-    values = _view(data, torch.float16, 9 + 4 * n_blocks).to(torch.float32)
+    scale = readonly_view(data, torch.float32, 9, n_blocks)
+    values = readonly_view(data, torch.float16, 9 + 4 * n_blocks).to(torch.float32)
     padded = torch.nn.functional.pad(values, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK) * scale[:, None]
     return padded.reshape(-1)[:n]

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
+
+from swarmgrpo.node.buffers import readonly_view
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -83,12 +84,10 @@ def views(data: bytes) -> dict[str, torch.Tensor]:
     if any(h["dtype"] not in by_name for h in header.values()):
         return st_load(data)  # a dtype we do not write: let safetensors copy it
     out = {}
-    with warnings.catch_warnings():  # bytes are read-only; these views are only read from
-        warnings.simplefilter("ignore", UserWarning)
-        for name, h in header.items():
-            start, end = h["data_offsets"]
-            raw = torch.frombuffer(data, dtype=torch.uint8, count=end - start, offset=8 + n + start)
-            out[name] = raw.view(by_name[h["dtype"]]).view(h["shape"])
+    for name, h in header.items():
+        start, end = h["data_offsets"]
+        raw = readonly_view(data, torch.uint8, 8 + n + start, end - start)
+        out[name] = raw.view(by_name[h["dtype"]]).view(h["shape"])
     return out
 
 
@@ -134,13 +133,13 @@ class FileWeights(WeightTransport):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep = keep
-        self._checked: dict[int, str] = {}  # version -> sha256 of the file as this node read it
+        self._fetched: tuple[int, str] | None = None  # (version, sha256) of the file last read and checked
 
     def _path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}.safetensors"
 
     def publish(self, version: int, data: bytes, sha256: str) -> None:
-        if self._checked.get(version) == sha256 and self._path(version).exists():
+        if self._fetched == (version, sha256) and self._path(version).exists():
             return  # this node just fetched that very file: writing it again would only cost time
         tmp = self._path(version).with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
@@ -156,5 +155,5 @@ class FileWeights(WeightTransport):
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise WeightError(f"{path} does not match the published sha256")
         if sha256:
-            self._checked = {version: sha256}
+            self._fetched = (version, sha256)
         return data
