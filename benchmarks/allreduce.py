@@ -35,7 +35,7 @@ from wan import Wan  # benchmarks/wan.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY_PORT = 40000
-COMPRESSIONS = ("none", "fp16", "uint8", "powersgd")
+COMPRESSIONS = ("none", "fp16", "int8", "uint8", "powersgd")
 TARGET_POWERSGD_RATIO = 400
 TARGET_X_LIMIT = 1.5
 
@@ -224,6 +224,12 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                     "bytes_busiest": max(r["allreduce_bytes"] for r in rounds),
                     "seconds": statistics.median(r["allreduce_s"] for r in rounds),
                     "failed_rounds": len(failed),
+                    # medians per phase of the all-reduce (codecs only; see AllReduce.last_phases)
+                    "phases": {
+                        k[len("allreduce_") : -len("_s")]: statistics.median(r[k] for r in rounds)
+                        for k in rounds[0]
+                        if k.startswith("allreduce_") and k.endswith("_s") and k != "allreduce_s"
+                    },
                 }
             )
             if args.wan:  # PowerSGD is two all-reduces in turn (P, then Q): two round trips
@@ -232,7 +238,8 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                 rows[-1]["limit_s"] = wire_s + trips * args.rtt_ms / 1000
             print(
                 f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
-                f"{rows[-1]['seconds']:8.2f} s",
+                f"{rows[-1]['seconds']:8.2f} s  "
+                + " ".join(f"{k} {v:.2f}" for k, v in rows[-1]["phases"].items()),
                 flush=True,
             )
     return rows

@@ -54,6 +54,19 @@ class Member:
     addrs: tuple[str, ...] = ()
 
 
+class _PhaseClock:
+    """Seconds per phase of a round, for benchmarks and logs (`AllReduce.last_phases`)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
 class AllReduceError(RuntimeError):
     def __init__(self, message: str, missing: Sequence[int] = ()):
         super().__init__(message)
@@ -66,6 +79,7 @@ class AllReduce:
     ):
         self.host, self.timeout, self.chunk_bytes, self.streams = host, timeout, chunk_bytes, streams
         self.last_bytes_sent = 0
+        self.last_phases: dict[str, float] = {}  # seconds per phase of the last round (see `_run`)
         self._inbox: dict[tuple[str, int, int, int], tuple[float, bytes | bytearray, float]] = {}
         # parts still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
         self._partial: dict[tuple[str, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
@@ -157,12 +171,14 @@ class AllReduce:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, member: Member, head: swarm_pb2.AllReducePart, data: bytes) -> None:
+    async def _send(self, member: Member, head: swarm_pb2.AllReducePart, data: bytes | bytearray) -> None:
         """`data` to `member` over up to `streams` parallel streams, one contiguous range each: a
         libp2p stream's flow-control window (yamux) caps one stream at window / RTT, which on a
         50 ms link is far below the link's speed."""
         peer = PeerID.from_base58(member.peer_id)
         await self.host.connect(peer, member.addrs, self.timeout)
+
+        view = memoryview(data)  # bytes or bytearray; each chunk is copied once, into its message
 
         async def stream(start: int, end: int) -> None:
             async def chunks():
@@ -170,7 +186,7 @@ class AllReduce:
                     msg = swarm_pb2.AllReducePart()
                     msg.CopyFrom(head)
                     msg.offset, msg.total_bytes = offset, len(data)
-                    msg.data = data[offset : min(offset + self.chunk_bytes, end)]
+                    msg.data = bytes(view[offset : min(offset + self.chunk_bytes, end)])
                     yield msg
 
             ack = await self.host.p2p.call_protobuf_handler(peer, PROTOCOL, chunks(), swarm_pb2.AllReduceAck)
@@ -193,6 +209,8 @@ class AllReduce:
                 try:
                     left = max(deadline - time.monotonic(), 0.01)
                     return await asyncio.wait_for(self._send(member, head, data), left)
+                except (TypeError, AttributeError, NameError):
+                    raise  # a bug of ours, not the network: retrying would only hide it until the deadline
                 except Exception:
                     if time.monotonic() + pause >= deadline:
                         raise
@@ -236,6 +254,8 @@ class AllReduce:
         n = len(members)
         deadline = time.monotonic() + self.timeout
         self.last_bytes_sent = 0
+        clock = _PhaseClock()
+        self.last_phases = clock.seconds
         slices = torch.tensor_split(vector.to(torch.float32), n)
         sending: list[asyncio.Task] = []
         try:
@@ -249,24 +269,35 @@ class AllReduce:
                     await self._put((round_id, REDUCE, me, me), weight, data)
                 else:
                     sends.append((j, members[j], head, data))
+            clock.lap("encode")
             sending.append(asyncio.create_task(self._send_all(sends, deadline)))
             keys = {(round_id, REDUCE, me, i) for i in range(n)}
             inputs = await self._receive_while_sending(keys, deadline, sending)
+            clock.lap("reduce_wait")
             total = torch.zeros(slices[me].numel(), dtype=torch.float64)
             weights = 0.0
+            part = torch.empty(slices[me].numel())
             for i in range(n):  # fixed order: the owner's arithmetic does not depend on arrival order
                 w, data = inputs[(round_id, REDUCE, me, i)]
-                total += w * compression.decode(data).to(torch.float64)
+                compression.decode_into(data, part)
+                total.add_(part, alpha=w)
                 weights += w
-            mean = compression.encode(codec, (total / weights).to(torch.float32))
+            mean = compression.encode(codec, total.div_(weights).to(torch.float32))
+            clock.lap("sum")
             await self._put((round_id, GATHER, me, me), 0.0, mean)
             head = swarm_pb2.AllReducePart(round_id=round_id, phase=GATHER, part=me, sender=me)
             gathers = [(j, members[j], head, mean) for j in range(n) if j != me]
             sending.append(asyncio.create_task(self._send_all(gathers, deadline)))
             keys = {(round_id, GATHER, j, j) for j in range(n)}
             outputs = await self._receive_while_sending(keys, deadline, sending)
+            clock.lap("gather_wait")
+            result = torch.empty(vector.numel())
+            for j, out in enumerate(torch.tensor_split(result, n)):
+                compression.decode_into(outputs[(round_id, GATHER, j, j)][1], out)
+            clock.lap("decode")
             await asyncio.gather(*sending)  # every member must have got this member's parts
-            return torch.cat([compression.decode(outputs[(round_id, GATHER, j, j)][1]) for j in range(n)])
+            clock.lap("send_tail")
+            return result
         finally:
             for task in sending:
                 task.cancel()

@@ -1,7 +1,8 @@
 """Wire codecs for gradient parts: a float32 vector in, bytes out, and back.
 
-    data = encode("uint8", part)        # hivemind's serialized Tensor message, as bytes
-    part = decode(data)                 # the codec is read from the message itself
+    data = encode("int8", part)         # bytes-like: a tag byte, then the codec's own layout
+    part = decode(data)                 # the codec is read from the data itself
+    decode_into(data, out)              # or straight into a float32 tensor of the part's size
 
 Codecs (the run config's `compression`, see `allreduce`):
 - `none`: float32, the raw little-endian values (read back as a view of the received bytes: going
@@ -13,6 +14,9 @@ Codecs (the run config's `compression`, see `allreduce`):
   update 42% (of its norm) away from one worker's with plain float16, 0.1% with scaling
   (tests/integration/test_gradient_workers.py). Per-block rather than per-part scaling (hivemind's
   MEANSTD_16BIT) because PowerSGD sends factors and whole vectors of very different sizes together;
+- `int8`: the same blocks, each scaled to ±127 and rounded to an integer (error at most half a step,
+  1/254 of the block's largest magnitude): a quarter of float32's bytes, like `uint8`, with errors
+  bounded per block instead of clipped at ±3σ, and ~10× less CPU time than hivemind's quantizer;
 - `uint8`: hivemind's uniform 8-bit quantization (256 buckets over ±3σ around the mean, each sent
   as the mean of its members). PowerSGD is not a codec but a reducer of its own (`powersgd`), which sends
 its low-rank factors with `fp16`.
@@ -28,6 +32,8 @@ sends such a part (and an empty one) as float32, which costs nothing (it is rare
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from hivemind.compression import serialization
@@ -36,9 +42,12 @@ from hivemind.proto import runtime_pb2
 
 from swarmgrpo.node.buffers import raw_bytes, readonly_view
 
-CODECS = {"none": None, "fp16": None, "uint8": runtime_pb2.UNIFORM_8BIT}
-FP16_BLOCK = 1024
-_HIVEMIND, _BLOCK_FP16, _RAW_F32 = b"h", b"b", b"f"  # first byte of every encoding: which format follows
+CODECS = {"none": None, "fp16": None, "int8": None, "uint8": runtime_pb2.UNIFORM_8BIT}
+FP16_BLOCK = 1024  # values per scale, for fp16 and int8
+CHUNK_VALUES = 256 * FP16_BLOCK  # block codecs work a chunk at a time (1 MB of float32 temporaries)
+# First byte of every encoding: which format follows.
+_HIVEMIND, _BLOCK_FP16, _BLOCK_INT8, _RAW_F32 = b"h", b"b", b"i", b"f"
+BLOCK_SCALED = {"fp16": _BLOCK_FP16, "int8": _BLOCK_INT8}
 
 
 class _NumPy2Extract:
@@ -72,52 +81,125 @@ def install_hivemind_fixes() -> None:
 install_hivemind_fixes()
 
 
-def encode(codec: str, part: torch.Tensor) -> bytes:
+def encode(codec: str, part: torch.Tensor) -> bytes | bytearray:
     if codec not in CODECS:
         raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)} (or powersgd)")
     part = part.detach().reshape(-1).to(torch.float32).contiguous()
     if codec == "none":
         return b"".join([_RAW_F32, raw_bytes(part)])
-    if codec == "fp16":
-        return _encode_block_fp16(part)
+    if codec in BLOCK_SCALED:
+        return _BLOCK_CODECS[BLOCK_SCALED[codec]].encode(part)
     kind = CODECS[codec]
     if kind == runtime_pb2.UNIFORM_8BIT and (part.numel() < 2 or bool(part.min() == part.max())):
         kind = runtime_pb2.NONE
     return _HIVEMIND + serialization.serialize_torch_tensor(part, kind).SerializeToString()
 
 
-def decode(data: bytes) -> torch.Tensor:
-    kind = data[:1]
+def decode(data: bytes | bytearray) -> torch.Tensor:
+    """The float32 values of an encoded part (for a raw float32 part, a read-only view of `data`)."""
+    kind = bytes(data[:1])
     if kind == _RAW_F32:
         return readonly_view(data, torch.float32, 1) if len(data) > 1 else torch.zeros(0)
-    if kind == _BLOCK_FP16:
-        return _decode_block_fp16(data)
+    if kind in _BLOCK_CODECS:
+        out = torch.empty(int.from_bytes(data[1:9], "little"))
+        _BLOCK_CODECS[kind].decode_into(data, out)
+        return out
+    return _decode_hivemind(data)
+
+
+def decode_into(data: bytes | bytearray, out: torch.Tensor) -> None:
+    """Write an encoded part's values into `out` (float32, contiguous, as many values as the part)."""
+    kind = bytes(data[:1])
+    if kind in _BLOCK_CODECS:
+        _BLOCK_CODECS[kind].decode_into(data, out)
+        return
+    values = decode(data)
+    _check_size(values.numel(), out)
+    out.copy_(values)
+
+
+def _decode_hivemind(data: bytes | bytearray) -> torch.Tensor:
+    kind = bytes(data[:1])
     if kind != _HIVEMIND:
         raise ValueError(
             f"unknown gradient encoding {kind!r}: is the peer running another swarmgrpo version?"
         )
     message = runtime_pb2.Tensor()
-    message.ParseFromString(data[1:])
+    message.ParseFromString(bytes(data[1:]))
     return serialization.deserialize_torch_tensor(message).to(torch.float32)
 
 
-def _encode_block_fp16(x: torch.Tensor) -> bytes:
-    n = x.numel()
-    blocks = torch.nn.functional.pad(x, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK)
-    scale = blocks.abs().amax(1)
-    scaled = (blocks / torch.where(scale > 0, scale, 1.0)[:, None]).to(torch.float16)
-    values = scaled.reshape(-1)[:n].contiguous()
-    return b"".join([_BLOCK_FP16, n.to_bytes(8, "little"), raw_bytes(scale), raw_bytes(values)])
+@dataclass(frozen=True)
+class _BlockCodec:
+    """Values scaled per block of FP16_BLOCK by the block's largest magnitude, then stored as `dtype`
+    (`levels`: the integer range they are rounded to, or None to keep them as [-1, 1] floats).
+
+    Layout: tag (1 byte), n (8 bytes, little-endian), one float32 scale per block, n values. Encoding
+    writes straight into the output buffer and decoding straight into the caller's tensor, a chunk of
+    CHUNK_VALUES at a time: two passes over the input (largest magnitudes, then scale-and-store) and
+    one over the output, where whole-vector torch expressions made about eight."""
+
+    tag: bytes
+    dtype: torch.dtype
+    levels: float | None
+
+    def encode(self, x: torch.Tensor) -> bytearray:
+        n, itemsize = x.numel(), torch.empty(0, dtype=self.dtype).element_size()
+        n_blocks = -(-n // FP16_BLOCK)
+        out = bytearray(9 + 4 * n_blocks + itemsize * n)
+        out[:9] = self.tag + n.to_bytes(8, "little")
+        if n == 0:
+            return out
+        scale = torch.frombuffer(out, dtype=torch.float32, offset=9, count=n_blocks)
+        values = torch.frombuffer(out, dtype=self.dtype, offset=9 + 4 * n_blocks, count=n)
+        for s in range(0, n, CHUNK_VALUES):
+            xs, b = x[s : s + CHUNK_VALUES], s // FP16_BLOCK
+            full = xs.numel() // FP16_BLOCK
+            pieces = [(xs[: full * FP16_BLOCK].view(full, FP16_BLOCK), slice(b, b + full))] if full else []
+            if xs.numel() % FP16_BLOCK:  # the vector's last, shorter block
+                pieces.append((xs[full * FP16_BLOCK :].view(1, -1), slice(b + full, b + full + 1)))
+            for blocks, rows in pieces:
+                block_scale = scale[rows]
+                torch.linalg.vector_norm(blocks, ord=float("inf"), dim=1, out=block_scale)
+                step = torch.where(block_scale > 0, block_scale / (self.levels or 1.0), 1.0)
+                scaled = blocks / step[:, None]  # a division, correctly rounded (a reciprocal is not)
+                if self.levels:
+                    scaled.round_()
+                first = rows.start * FP16_BLOCK
+                values[first : first + blocks.numel()].view_as(blocks).copy_(scaled)
+        return out
+
+    def decode_into(self, data: bytes | bytearray, out: torch.Tensor) -> None:
+        n = int.from_bytes(data[1:9], "little")
+        n_blocks = -(-n // FP16_BLOCK)
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        if len(data) != 9 + 4 * n_blocks + itemsize * n:
+            raise ValueError(
+                f"{self.dtype} part of {len(data)} bytes cannot hold the {n} values its header says"
+            )
+        _check_size(n, out)
+        if n == 0:
+            return
+        scale = readonly_view(data, torch.float32, 9, n_blocks)
+        if self.levels:
+            scale = scale / self.levels
+        values = readonly_view(data, self.dtype, 9 + 4 * n_blocks)
+        full = n // FP16_BLOCK
+        for b in range(0, full, CHUNK_VALUES // FP16_BLOCK):
+            e = min(b + CHUNK_VALUES // FP16_BLOCK, full)
+            span = slice(b * FP16_BLOCK, e * FP16_BLOCK)
+            torch.mul(values[span].view(-1, FP16_BLOCK), scale[b:e, None], out=out[span].view(-1, FP16_BLOCK))
+        if n % FP16_BLOCK:
+            # scale[full:] not scale[full]: a 0-d tensor would not promote float16 values to float32
+            torch.mul(values[full * FP16_BLOCK :], scale[full:], out=out[full * FP16_BLOCK :])
 
 
-def _decode_block_fp16(data: bytes) -> torch.Tensor:
-    n = int.from_bytes(data[1:9], "little")
-    if n == 0:
-        return torch.zeros(0)
-    n_blocks = -(-n // FP16_BLOCK)
-    if len(data) != 9 + 4 * n_blocks + 2 * n:
-        raise ValueError(f"fp16 part of {len(data)} bytes cannot hold the {n} values its header says")
-    scale = readonly_view(data, torch.float32, 9, n_blocks)
-    values = readonly_view(data, torch.float16, 9 + 4 * n_blocks).to(torch.float32)
-    padded = torch.nn.functional.pad(values, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK) * scale[:, None]
-    return padded.reshape(-1)[:n]
+_BLOCK_CODECS = {
+    _BLOCK_FP16: _BlockCodec(_BLOCK_FP16, torch.float16, None),
+    _BLOCK_INT8: _BlockCodec(_BLOCK_INT8, torch.int8, 127.0),
+}
+
+
+def _check_size(n: int, out: torch.Tensor) -> None:
+    if n != out.numel():
+        raise ValueError(f"a gradient part of {n} values arrived where {out.numel()} were expected")

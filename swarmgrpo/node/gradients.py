@@ -10,7 +10,7 @@ Each worker's gradient is normalised by its own shard's counts; the average weig
 worker would take on the whole batch. After `average`, every member's `.grad` holds bitwise-identical
 values (see `allreduce`), so replicas that started identical stay identical.
 
-Compression (`compression`): none | fp16 | uint8 (hivemind's codecs, through `allreduce`) |
+Compression (`compression`): none | fp16 | int8 | uint8 (codecs of `compression`, through `allreduce`) |
 powersgd (rank `powersgd_rank`, fp16 factors, error feedback; see `powersgd`).
 """
 
@@ -51,8 +51,10 @@ class GradientAverager:
         )
 
     def average(self, round_id: str, members: Sequence[Member], me: int, weight: float) -> dict[str, float]:
-        """Replace every parameter's `.grad` by the members' weighted mean; returns bytes sent and seconds."""
+        """Replace every parameter's `.grad` by the members' weighted mean; returns bytes sent and seconds
+        (in all, and per phase of the all-reduce for the codecs)."""
         t0 = time.perf_counter()
+        phases: dict[str, float] = {}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.powersgd is not None:
             averaged = self.powersgd.reduce(self.reducer, round_id, members, me, grads, weight)
@@ -65,12 +67,13 @@ class GradientAverager:
                 averaged.append(vector[offset : offset + p.numel()].view(p.shape))
                 offset += p.numel()
             sent = self.reducer.last_bytes_sent
+            phases = {f"allreduce_{k}_s": v for k, v in self.reducer.last_phases.items()}
         with torch.no_grad():
             for p, g in zip(self.params, averaged, strict=True):
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
                 p.grad.copy_(g)
-        return {"allreduce_bytes": float(sent), "allreduce_s": time.perf_counter() - t0}
+        return {"allreduce_bytes": float(sent), "allreduce_s": time.perf_counter() - t0, **phases}
 
     def close(self) -> None:
         self.reducer.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from swarmgrpo.protocol.errors import ConfigError
 from swarmgrpo.trainer.tasks.config import TaskConfig
 
-GRAD_COMPRESSIONS = ("none", "fp16", "uint8", "powersgd")
+GRAD_COMPRESSIONS = ("none", "fp16", "int8", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -44,7 +44,7 @@ class TrainConfig:
 
     grad_compression: str = "none"
     """How gradient workers of a step average their gradients over the network: none (float32),
-    fp16 (block-scaled), uint8 (8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
+    fp16 (block-scaled), int8 (block-scaled 8-bit), uint8 (hivemind's 8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
 
     powersgd_rank: int = 1
     """Rank of PowerSGD's factors (grad_compression = "powersgd")."""

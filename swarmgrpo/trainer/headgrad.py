@@ -26,7 +26,7 @@ import torch
 # Architectures whose logits are exactly hidden @ lm_head.weight.T (no bias, scale or soft-capping)
 # and whose decoder takes inputs_embeds unscaled. Anything else uses plain autograd.
 FUSED_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
-CHUNK_TOKENS = 64
+CHUNK_TOKENS = 32  # 32 x 49152 float32 logits = 6 MB per chunk; the backward holds ~4 such at once
 
 
 def supports_fused_head(model: torch.nn.Module) -> bool:

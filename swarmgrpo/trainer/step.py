@@ -28,6 +28,7 @@ from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.fusedblocks import fuse_blocks
 from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, grpo_loss, token_logprobs
 from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head
+from swarmgrpo.trainer.heap import release_large_frees
 from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
 
 Reducer = Callable[[torch.nn.Module], None]
@@ -40,6 +41,7 @@ class GRPOStep:
         if cfg.beta > 0 and ref_model is None:
             raise ValueError("beta > 0 needs a reference model")
         self.model = model
+        release_large_frees()  # freed activations leave the process (see heap)
         fuse_blocks(model)  # RMSNorm, MLP and attention that keep fewer activations (see fusedblocks)
         self.cfg = cfg
         self.pad_id = pad_id

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swarmgrpo.node.compression import FP16_BLOCK, decode, encode
+from swarmgrpo.node.compression import CHUNK_VALUES, FP16_BLOCK, decode, decode_into, encode
 
 
 def test_block_fp16_keeps_small_values_next_to_large_ones():
@@ -20,7 +20,7 @@ def test_block_fp16_keeps_small_values_next_to_large_ones():
     assert len(encode("fp16", x)) < 0.51 * len(encode("none", x))
 
 
-@pytest.mark.parametrize("codec", ["none", "fp16", "uint8"])
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "uint8"])
 def test_empty_and_constant_parts_round_trip(codec):
     assert decode(encode(codec, torch.zeros(0))).numel() == 0
     torch.testing.assert_close(decode(encode(codec, torch.full((9,), -1.5))), torch.full((9,), -1.5))
@@ -41,3 +41,35 @@ def test_float32_parts_are_their_raw_values_and_a_truncated_part_is_refused():
         decode(data[:-1])
     with pytest.raises(ValueError, match="cannot hold"):
         decode(encode("fp16", x)[:-2])
+
+
+@pytest.mark.parametrize("codec", ["fp16", "int8"])
+def test_block_codecs_bound_the_error_per_block_across_chunks_and_a_short_last_block(codec):
+    g = torch.Generator().manual_seed(1)
+    n = CHUNK_VALUES + 3 * FP16_BLOCK + 17  # two chunks, the second ending in a block of 17
+    x = torch.randn(n, generator=g) * torch.logspace(-6, 2, n)  # block magnitudes 1e-6 .. 1e2
+    y = decode(encode(codec, x))
+    step = 2**-11 if codec == "fp16" else 1 / 254  # relative to the block's largest magnitude
+    padded = torch.nn.functional.pad(x, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK)
+    bound = padded.abs().amax(1).repeat_interleave(FP16_BLOCK)[:n] * step * 1.0001
+    assert ((y - x).abs() <= bound).all()
+    itemsize = 2 if codec == "fp16" else 1
+    assert len(encode(codec, x)) == 9 + 4 * (-(-n // FP16_BLOCK)) + itemsize * n
+
+
+def test_int8_uses_its_whole_range_and_keeps_zeros_and_signs():
+    x = torch.tensor([0.0, 1.0, -1.0, 0.5, -0.25, 1e-9])
+    y = decode(encode("int8", x))
+    assert y[0] == 0 and y[1] == 1 and y[2] == -1
+    assert torch.equal(torch.sign(y[:5]), torch.sign(x[:5]))
+    torch.testing.assert_close(y, x, atol=1 / 254, rtol=0)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "uint8"])
+def test_decode_into_writes_the_part_and_refuses_a_part_of_another_size(codec):
+    x = torch.randn(3000)
+    out = torch.full((3000,), float("nan"))
+    decode_into(encode(codec, x), out)
+    torch.testing.assert_close(out, decode(encode(codec, x)))
+    with pytest.raises(ValueError, match="a gradient part of 3000 values arrived where 2999 were expected"):
+        decode_into(encode(codec, x), torch.empty(2999))
