@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
+from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.store import Lease, Store
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
@@ -141,7 +142,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
-                reply.retry_after_s = 0.0
+                if "retry_after_s" in reply.DESCRIPTOR.fields_by_name:
+                    reply.retry_after_s = 0.0
                 return reply
 
     @property
@@ -242,8 +244,14 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return self.policy_state()
 
     async def GetPolicy(self, request, context):
-        await self._checked("GetPolicy", request, context, validate.signed_only)
-        return self.policy_state()
+        await self._checked("GetPolicy", request, context, validate.policy)
+
+        async def answer():
+            return self.policy_state()
+
+        return await self._hold(
+            request.wait_s, answer, lambda r: r.policy_version <= request.after_version and not self.finished
+        )
 
     async def Leave(self, request, context):
         await self._checked("Leave", request, context, validate.signed_only)
@@ -606,7 +614,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         order = [team.reports[m][0] for m in team.members if m in team.reports]
         winner = max(counts, key=lambda h: (counts[h], -order.index(h)))
         agreed = [m for m in team.members if m in team.reports and team.reports[m][0] == winner]
-        metrics = dict(team.reports[agreed[0]][1])
+        metrics = stepmetrics.combine([team.reports[m][1] for m in agreed])
         metrics["workers"] = float(len(agreed))
         with self.store.tx():
             self.store.add_version(v + 1, winner, agreed[0], metrics)

@@ -256,7 +256,7 @@ class Node:
         target = self.version + 1
         deadline = time.monotonic() + 120.0
         while not self.stop.is_set() and time.monotonic() < deadline:
-            policy = self.client.policy()
+            policy = self.client.policy(after_version=self.version, wait_s=LONG_POLL_S)
             if policy.policy_version >= target:
                 if policy.policy_version == target and policy.weight_hash == sha:
                     return swarm_pb2.StepReply(status=swarm_pb2.STEP_PUBLISHED, policy_version=target)
@@ -478,6 +478,7 @@ class Node:
             for g in reply.groups
         ]
         metrics = step.compute_gradients(groups)
+        metrics["shard_weight"] = step.shard_weight(groups)  # how the coordinator combines the shards' loss
         if len(reply.workers) > 1:
             stats = self._average(step, reply, groups)
             if stats is None:  # dropped from the step: its gradient is not wanted any more

@@ -60,8 +60,10 @@ class CoordinatorClient:
         req = swarm_pb2.HeartbeatRequest(policy_version=version, activity=activity, tokens_per_s=tokens_per_s)
         return self.call("Heartbeat", req, timeout=10.0)
 
-    def policy(self) -> swarm_pb2.PolicyState:
-        return self.call("GetPolicy", swarm_pb2.PolicyRequest())
+    def policy(self, after_version: int = 0, wait_s: float = 0.0) -> swarm_pb2.PolicyState:
+        """The run's policy; with wait_s, held until a version newer than after_version is out."""
+        request = swarm_pb2.PolicyRequest(after_version=after_version, wait_s=wait_s)
+        return self.call("GetPolicy", request, timeout=60.0 + wait_s)
 
     def lease(self, version: int, max_prompts: int, wait_s: float = 0.0) -> swarm_pb2.LeaseReply:
         request = swarm_pb2.LeaseRequest(policy_version=version, max_prompts=max_prompts, wait_s=wait_s)

@@ -394,10 +394,14 @@ class LeaveReply(_message.Message):
     def __init__(self, returned_prompts: _Optional[int] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("auth",)
+    __slots__ = ("auth", "after_version", "wait_s")
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ...) -> None: ...
+    after_version: int
+    wait_s: float
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., after_version: _Optional[int] = ..., wait_s: _Optional[float] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -222,6 +222,11 @@ def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
         _check(math.isfinite(v), f"metrics[{k}]", f"{v} is not finite", "send finite metrics")
 
 
+def policy(req: swarm_pb2.PolicyRequest, limits: Limits) -> None:
+    _auth(req.auth, join=False)
+    _wait(req.wait_s, limits)
+
+
 def signed_only(req, limits: Limits) -> None:
     _auth(req.auth, join=False)
     if hasattr(req, "reason"):

@@ -92,6 +92,7 @@ class GRPOStep:
             norm = self.norm_of(groups)
         metrics = group_stats(rewards_PG)
         metrics["completion_len"] = sum(lengths) / len(lengths)
+        metrics["completions"], metrics["completion_tokens"] = float(len(lengths)), float(sum(lengths))
         totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "tis_mean": 0.0}
         self.model.train()
         trained = [

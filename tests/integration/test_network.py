@@ -228,7 +228,7 @@ def test_staleness_bound_and_lease_expiry(network):
 
 
 def test_held_calls_answer_when_work_or_a_policy_arrives(network):
-    """Lease and TrainBatch with wait_s are long polls: a trainer waiting for rollouts gets its
+    """Lease, TrainBatch and GetPolicy with wait_s are long polls: a trainer waiting for rollouts gets its
     batch the moment they are accepted, and a rollout node waiting for work learns of the new
     policy the moment it is published, not after a polling delay."""
     from concurrent.futures import ThreadPoolExecutor
@@ -252,14 +252,24 @@ def test_held_calls_answer_when_work_or_a_policy_arrives(network):
         assert batch.result(timeout=10).status == swarm_pb2.BATCH_READY
         assert time.monotonic() - submitted < 5.0
         held = pool.submit(rollout.lease, 0, 2, wait_s=20.0)  # nothing to lease until v1
+        policy = pool.submit(trainer.policy, after_version=0, wait_s=20.0)  # a worker awaiting v1
         time.sleep(1.0)
-        assert not held.done()
+        assert not held.done() and not policy.done()
         assert trainer.report_step(0, "ab" * 32, {}).status == swarm_pb2.STEP_PUBLISHED
         published = time.monotonic()
         reply = held.result(timeout=10)
+        assert policy.result(timeout=10).policy_version == 1
         assert time.monotonic() - published < 5.0
     assert reply.status == swarm_pb2.LEASE_WAIT and reply.retry_after_s == 0.0
     assert "version 1 is published: fetch it" in reply.message
+    t0 = time.monotonic()
+    assert (
+        trainer.policy(after_version=1, wait_s=0.5).policy_version == 1
+    )  # nothing newer: held, then answered
+    assert time.monotonic() - t0 >= 0.5
+    with pytest.raises(CoordinatorError) as e:
+        trainer.policy(after_version=1, wait_s=-1.0)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "wait_s" in str(e.value)
 
 
 def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
