@@ -16,8 +16,9 @@ training seconds, whose balance decides how close to 2x a k >= 1 run can come.
 
 Is the reward curve no worse? Ten steps of 32 sampled completions are too few to tell by the curve
 (and at k >= 1 step t's rewards come from policy t-1). So each k's final weights are also scored on
-`--eval-n` held-out problems, greedily, beside the base model: k = 1 counts as no worse when its
-accuracy is not below k = 0's by more than two standard errors of the difference.
+`--eval-n` held-out problems, greedily, beside the base model, for each of `--seeds`: k = 1 counts
+as no worse when its mean accuracy difference to k = 0 (seed by seed) is not below zero by more than
+two standard errors of those differences (which needs two seeds or more: training itself is noisy).
 """
 
 from __future__ import annotations

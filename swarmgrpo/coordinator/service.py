@@ -130,8 +130,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def _hold(self, wait_s: float, answer, waiting) -> object:
         """`answer()`, asked again each time something changes while `waiting(reply)` holds, for
-        at most `wait_s` seconds (a node's long poll). A hold that runs out asks for no retry delay:
-        the node calls again at once."""
+        at most `wait_s` seconds (a node's long poll)."""
         deadline = time.monotonic() + wait_s
         while True:
             changed = self._changed  # taken before answering: a change during it is not missed
@@ -142,9 +141,15 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             try:
                 await asyncio.wait_for(changed.wait(), remaining)
             except TimeoutError:
-                if "retry_after_s" in reply.DESCRIPTOR.fields_by_name:
-                    reply.retry_after_s = 0.0
                 return reply
+
+    async def _hold_wait_reply(self, wait_s: float, answer, waiting) -> object:
+        """`_hold` for replies that tell the node when to ask again (`retry_after_s`): one that was
+        held and ran out asks for no delay, since the node has already waited."""
+        reply = await self._hold(wait_s, answer, waiting)
+        if wait_s > 0 and waiting(reply):
+            reply.retry_after_s = 0.0
+        return reply
 
     @property
     def version(self) -> int:
@@ -320,7 +325,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             return await self._lease(request, context)
 
         # Held while no prompt is free, until a new policy is published.
-        return await self._hold(
+        return await self._hold_wait_reply(
             request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
         )
 
@@ -469,7 +474,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def TrainBatch(self, request, context):
         await self._checked("TrainBatch", request, context, validate.train_batch)
-        return await self._hold(
+        return await self._hold_wait_reply(
             request.wait_s,
             lambda: self._train_batch(request),
             lambda r: r.status == swarm_pb2.BATCH_WAIT,

@@ -16,7 +16,8 @@ Codecs (the run config's `compression`, see `allreduce`):
   MEANSTD_16BIT) because PowerSGD sends factors and whole vectors of very different sizes together;
 - `int8`: the same blocks, each scaled to ±127 and rounded to an integer (error at most half a step,
   1/254 of the block's largest magnitude): a quarter of float32's bytes, like `uint8`, with errors
-  bounded per block instead of clipped at ±3σ, and ~10× less CPU time than hivemind's quantizer;
+  bounded per block instead of clipped at ±3σ, and far less CPU time than hivemind's quantizer
+  (67 M values on one core: encode 0.28 s against 1.2 s, decode 0.03 s against 0.7 s);
 - `uint8`: hivemind's uniform 8-bit quantization (256 buckets over ±3σ around the mean, each sent
   as the mean of its members). PowerSGD is not a codec but a reducer of its own (`powersgd`), which sends
 its low-rank factors with `fp16`.
@@ -42,12 +43,11 @@ from hivemind.proto import runtime_pb2
 
 from swarmgrpo.node.buffers import raw_bytes, readonly_view
 
-CODECS = {"none": None, "fp16": None, "int8": None, "uint8": runtime_pb2.UNIFORM_8BIT}
-FP16_BLOCK = 1024  # values per scale, for fp16 and int8
-CHUNK_VALUES = 256 * FP16_BLOCK  # block codecs work a chunk at a time (1 MB of float32 temporaries)
-# First byte of every encoding: which format follows.
-_HIVEMIND, _BLOCK_FP16, _BLOCK_INT8, _RAW_F32 = b"h", b"b", b"i", b"f"
-BLOCK_SCALED = {"fp16": _BLOCK_FP16, "int8": _BLOCK_INT8}
+CODECS = ("none", "fp16", "int8", "uint8")
+BLOCK_VALUES = 1024  # values per scale, for fp16 and int8
+CHUNK_VALUES = 256 * BLOCK_VALUES  # block codecs work a chunk at a time (1 MB of float32 temporaries)
+# First byte of every encoding: which format follows (the block codecs' tags are in _BLOCK_CODECS).
+_HIVEMIND, _RAW_F32 = b"h", b"f"
 
 
 class _NumPy2Extract:
@@ -87,10 +87,10 @@ def encode(codec: str, part: torch.Tensor) -> bytes | bytearray:
     part = part.detach().reshape(-1).to(torch.float32).contiguous()
     if codec == "none":
         return b"".join([_RAW_F32, raw_bytes(part)])
-    if codec in BLOCK_SCALED:
-        return _BLOCK_CODECS[BLOCK_SCALED[codec]].encode(part)
-    kind = CODECS[codec]
-    if kind == runtime_pb2.UNIFORM_8BIT and (part.numel() < 2 or bool(part.min() == part.max())):
+    if codec in _BLOCK_CODECS:
+        return _BLOCK_CODECS[codec].encode(part)
+    kind = runtime_pb2.UNIFORM_8BIT  # uint8
+    if part.numel() < 2 or bool(part.min() == part.max()):
         kind = runtime_pb2.NONE
     return _HIVEMIND + serialization.serialize_torch_tensor(part, kind).SerializeToString()
 
@@ -100,9 +100,9 @@ def decode(data: bytes | bytearray) -> torch.Tensor:
     kind = bytes(data[:1])
     if kind == _RAW_F32:
         return readonly_view(data, torch.float32, 1) if len(data) > 1 else torch.zeros(0)
-    if kind in _BLOCK_CODECS:
+    if kind in _BY_TAG:
         out = torch.empty(int.from_bytes(data[1:9], "little"))
-        _BLOCK_CODECS[kind].decode_into(data, out)
+        _BY_TAG[kind].decode_into(data, out)
         return out
     return _decode_hivemind(data)
 
@@ -110,8 +110,8 @@ def decode(data: bytes | bytearray) -> torch.Tensor:
 def decode_into(data: bytes | bytearray, out: torch.Tensor) -> None:
     """Write an encoded part's values into `out` (float32, contiguous, as many values as the part)."""
     kind = bytes(data[:1])
-    if kind in _BLOCK_CODECS:
-        _BLOCK_CODECS[kind].decode_into(data, out)
+    if kind in _BY_TAG:
+        _BY_TAG[kind].decode_into(data, out)
         return
     values = decode(data)
     _check_size(values.numel(), out)
@@ -131,7 +131,7 @@ def _decode_hivemind(data: bytes | bytearray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _BlockCodec:
-    """Values scaled per block of FP16_BLOCK by the block's largest magnitude, then stored as `dtype`
+    """Values scaled per block of BLOCK_VALUES by the block's largest magnitude, then stored as `dtype`
     (`levels`: the integer range they are rounded to, or None to keep them as [-1, 1] floats).
 
     Layout: tag (1 byte), n (8 bytes, little-endian), one float32 scale per block, n values. Encoding
@@ -144,8 +144,8 @@ class _BlockCodec:
     levels: float | None
 
     def encode(self, x: torch.Tensor) -> bytearray:
-        n, itemsize = x.numel(), torch.empty(0, dtype=self.dtype).element_size()
-        n_blocks = -(-n // FP16_BLOCK)
+        n, itemsize = x.numel(), self.dtype.itemsize
+        n_blocks = -(-n // BLOCK_VALUES)
         out = bytearray(9 + 4 * n_blocks + itemsize * n)
         out[:9] = self.tag + n.to_bytes(8, "little")
         if n == 0:
@@ -153,11 +153,13 @@ class _BlockCodec:
         scale = torch.frombuffer(out, dtype=torch.float32, offset=9, count=n_blocks)
         values = torch.frombuffer(out, dtype=self.dtype, offset=9 + 4 * n_blocks, count=n)
         for s in range(0, n, CHUNK_VALUES):
-            xs, b = x[s : s + CHUNK_VALUES], s // FP16_BLOCK
-            full = xs.numel() // FP16_BLOCK
-            pieces = [(xs[: full * FP16_BLOCK].view(full, FP16_BLOCK), slice(b, b + full))] if full else []
-            if xs.numel() % FP16_BLOCK:  # the vector's last, shorter block
-                pieces.append((xs[full * FP16_BLOCK :].view(1, -1), slice(b + full, b + full + 1)))
+            xs, b = x[s : s + CHUNK_VALUES], s // BLOCK_VALUES
+            full = xs.numel() // BLOCK_VALUES
+            pieces = (
+                [(xs[: full * BLOCK_VALUES].view(full, BLOCK_VALUES), slice(b, b + full))] if full else []
+            )
+            if xs.numel() % BLOCK_VALUES:  # the vector's last, shorter block
+                pieces.append((xs[full * BLOCK_VALUES :].view(1, -1), slice(b + full, b + full + 1)))
             for blocks, rows in pieces:
                 block_scale = scale[rows]
                 torch.linalg.vector_norm(blocks, ord=float("inf"), dim=1, out=block_scale)
@@ -165,15 +167,14 @@ class _BlockCodec:
                 scaled = blocks / step[:, None]  # a division, correctly rounded (a reciprocal is not)
                 if self.levels:
                     scaled.round_()
-                first = rows.start * FP16_BLOCK
+                first = rows.start * BLOCK_VALUES
                 values[first : first + blocks.numel()].view_as(blocks).copy_(scaled)
         return out
 
     def decode_into(self, data: bytes | bytearray, out: torch.Tensor) -> None:
         n = int.from_bytes(data[1:9], "little")
-        n_blocks = -(-n // FP16_BLOCK)
-        itemsize = torch.empty(0, dtype=self.dtype).element_size()
-        if len(data) != 9 + 4 * n_blocks + itemsize * n:
+        n_blocks = -(-n // BLOCK_VALUES)
+        if len(data) != 9 + 4 * n_blocks + self.dtype.itemsize * n:
             raise ValueError(
                 f"{self.dtype} part of {len(data)} bytes cannot hold the {n} values its header says"
             )
@@ -184,20 +185,20 @@ class _BlockCodec:
         if self.levels:
             scale = scale / self.levels
         values = readonly_view(data, self.dtype, 9 + 4 * n_blocks)
-        full = n // FP16_BLOCK
-        for b in range(0, full, CHUNK_VALUES // FP16_BLOCK):
-            e = min(b + CHUNK_VALUES // FP16_BLOCK, full)
-            span = slice(b * FP16_BLOCK, e * FP16_BLOCK)
-            torch.mul(values[span].view(-1, FP16_BLOCK), scale[b:e, None], out=out[span].view(-1, FP16_BLOCK))
-        if n % FP16_BLOCK:
+        full = n // BLOCK_VALUES
+        for b in range(0, full, CHUNK_VALUES // BLOCK_VALUES):
+            e = min(b + CHUNK_VALUES // BLOCK_VALUES, full)
+            span = slice(b * BLOCK_VALUES, e * BLOCK_VALUES)
+            torch.mul(
+                values[span].view(-1, BLOCK_VALUES), scale[b:e, None], out=out[span].view(-1, BLOCK_VALUES)
+            )
+        if n % BLOCK_VALUES:
             # scale[full:] not scale[full]: a 0-d tensor would not promote float16 values to float32
-            torch.mul(values[full * FP16_BLOCK :], scale[full:], out=out[full * FP16_BLOCK :])
+            torch.mul(values[full * BLOCK_VALUES :], scale[full:], out=out[full * BLOCK_VALUES :])
 
 
-_BLOCK_CODECS = {
-    _BLOCK_FP16: _BlockCodec(_BLOCK_FP16, torch.float16, None),
-    _BLOCK_INT8: _BlockCodec(_BLOCK_INT8, torch.int8, 127.0),
-}
+_BLOCK_CODECS = {"fp16": _BlockCodec(b"b", torch.float16, None), "int8": _BlockCodec(b"i", torch.int8, 127.0)}
+_BY_TAG = {c.tag: c for c in _BLOCK_CODECS.values()}
 
 
 def _check_size(n: int, out: torch.Tensor) -> None:

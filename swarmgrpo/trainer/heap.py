@@ -31,10 +31,9 @@ def release_large_frees(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu_get_libc_version
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt numbers mean other things
+        return False
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1

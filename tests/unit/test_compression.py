@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swarmgrpo.node.compression import CHUNK_VALUES, FP16_BLOCK, decode, decode_into, encode
+from swarmgrpo.node.compression import BLOCK_VALUES, CHUNK_VALUES, decode, decode_into, encode
 
 
 def test_block_fp16_keeps_small_values_next_to_large_ones():
@@ -13,7 +13,7 @@ def test_block_fp16_keeps_small_values_next_to_large_ones():
     )
     y = decode(encode("fp16", x))
     assert y.shape == x.shape
-    big, tiny = slice(0, 5000), slice(5000 + FP16_BLOCK, 8000)  # whole blocks of tiny values
+    big, tiny = slice(0, 5000), slice(5000 + BLOCK_VALUES, 8000)  # whole blocks of tiny values
     assert ((y[big] - x[big]).abs() <= x[big].abs().max() * 2**-11).all()
     assert ((y[tiny] - x[tiny]).abs() <= x[tiny].abs().max() * 2**-11).all()
     assert not (y[tiny] == 0).all(), "plain float16 would flush these to zero"
@@ -46,15 +46,15 @@ def test_float32_parts_are_their_raw_values_and_a_truncated_part_is_refused():
 @pytest.mark.parametrize("codec", ["fp16", "int8"])
 def test_block_codecs_bound_the_error_per_block_across_chunks_and_a_short_last_block(codec):
     g = torch.Generator().manual_seed(1)
-    n = CHUNK_VALUES + 3 * FP16_BLOCK + 17  # two chunks, the second ending in a block of 17
+    n = CHUNK_VALUES + 3 * BLOCK_VALUES + 17  # two chunks, the second ending in a block of 17
     x = torch.randn(n, generator=g) * torch.logspace(-6, 2, n)  # block magnitudes 1e-6 .. 1e2
     y = decode(encode(codec, x))
     step = 2**-11 if codec == "fp16" else 1 / 254  # relative to the block's largest magnitude
-    padded = torch.nn.functional.pad(x, (0, -n % FP16_BLOCK)).view(-1, FP16_BLOCK)
-    bound = padded.abs().amax(1).repeat_interleave(FP16_BLOCK)[:n] * step * 1.0001
+    padded = torch.nn.functional.pad(x, (0, -n % BLOCK_VALUES)).view(-1, BLOCK_VALUES)
+    bound = padded.abs().amax(1).repeat_interleave(BLOCK_VALUES)[:n] * step * 1.0001
     assert ((y - x).abs() <= bound).all()
     itemsize = 2 if codec == "fp16" else 1
-    assert len(encode(codec, x)) == 9 + 4 * (-(-n // FP16_BLOCK)) + itemsize * n
+    assert len(encode(codec, x)) == 9 + 4 * (-(-n // BLOCK_VALUES)) + itemsize * n
 
 
 def test_int8_uses_its_whole_range_and_keeps_zeros_and_signs():
