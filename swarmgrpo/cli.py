@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-prompts", type=int, default=2, help="prompts per lease")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--engine",
+        default="",
+        choices=("", "auto", "vllm", "transformers"),
+        help="rollout engine of this node (default: the run config's `engine`, itself auto by default)",
+    )
     p.set_defaults(func=_node)
 
     p = sub.add_parser("demo", help="a whole network on this machine: coordinator, trainer, rollout nodes")
@@ -178,6 +184,7 @@ def _node(args) -> int:
             weights_dir=args.weights_dir,
             max_prompts=args.max_prompts,
             threads=args.threads,
+            engine=args.engine,
             initial_peers=args.initial_peers,
             p2p_listen=args.p2p_listen,
         )

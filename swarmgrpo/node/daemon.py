@@ -26,14 +26,14 @@ from safetensors.torch import load_file
 import swarmgrpo
 from swarmgrpo.node import train_state
 from swarmgrpo.node.allreduce import AllReduceError, Member
-from swarmgrpo.node.engines.base import SamplingParams
-from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+from swarmgrpo.node.engines.base import Engine, SamplingParams
+from swarmgrpo.node.engines.choose import build_engine
 from swarmgrpo.node.gradients import GradientAverager
 from swarmgrpo.node.hardware import probe
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.node.p2p_weights import P2PWeights
 from swarmgrpo.node.train_state import TrainStateServer
-from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into
+from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into, views
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
@@ -63,6 +63,8 @@ class NodeOptions:
     weights_dtype: str = "bfloat16"
     max_prompts: int = 2
     threads: int = 0
+    engine: str = ""
+    """Rollout engine of this node ("auto", "vllm", "transformers"); empty = the run config's."""
     initial_peers: list[str] = field(default_factory=list)
     p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
@@ -90,6 +92,8 @@ class Node:
         self.snapshot_wanted = threading.Event()
         self.pending_state: dict | None = None  # a fetched training state for the step to load
         self.state_server: TrainStateServer | None = None
+        self.model: torch.nn.Module | None = None  # the trainer's, or the transformers engine's
+        self.engine: Engine | None = None  # rollout role only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,9 +134,12 @@ class Node:
             reached,
         )
         torch.manual_seed(self.cfg.seed)
-        self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
-        autocast = torch.bfloat16 if self.cfg.dtype == "bfloat16" else None
-        self.engine = TransformersEngine(self.model, self.tokenizer, autocast_dtype=autocast)
+        if role == "train":
+            self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+        else:  # a vLLM engine loads the model itself: no transformers copy beside it
+            self.engine = build_engine(
+                self.opts.engine or self.cfg.engine, self.cfg, self._load_model, self.opts.threads
+            )
         beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_interval_s,), daemon=True)
         beat.start()
         reason = "stopped"
@@ -157,12 +164,18 @@ class Node:
             except Exception as e:  # leaving is best effort: the leases expire anyway
                 log.warning("could not say goodbye to the coordinator: %s", e)
             self.transport.close()
+            if self.engine is not None:
+                self.engine.close()
             if self.averager is not None:
                 self.averager.close()
             if self.state_server is not None:
                 self.state_server.close()
             self.host.close()
             self.client.close()
+
+    def _load_model(self):
+        self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+        return self.model, self.tokenizer
 
     def _transport(self) -> WeightTransport:
         if self.opts.weights_dir:
@@ -210,7 +223,11 @@ class Node:
             log.warning("%s; retrying", e)
             self._wait(1.0)
             return False
-        load_into(self.model, data)  # the transport checked the bytes against the published sha256
+        # The transport checked the bytes against the published sha256.
+        if self.role == "train":
+            load_into(self.model, data)
+        else:
+            self.engine.load_weights(views(data))
         self.transport.publish(policy.policy_version, data, policy.weight_hash)  # now a holder too
         self.version = policy.policy_version
         log.info(

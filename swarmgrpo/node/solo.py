@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from swarmgrpo.node.engines.base import Completion, SamplingParams
-from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+from swarmgrpo.node.engines.choose import build_engine
 from swarmgrpo.node.evaluate import EvalResult, evaluate
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
@@ -37,11 +37,11 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     model, tokenizer = load_model(str(resume_from) if resume_from else cfg.model, seed=cfg.seed)
     ref_model = load_model(cfg.model, seed=cfg.seed)[0] if cfg.beta > 0 else None
     step = GRPOStep(model, cfg, tokenizer.pad_token_id, ref_model=ref_model)
-    autocast = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    engine = TransformersEngine(model, tokenizer, autocast_dtype=autocast)
+    engine = build_engine(cfg.engine, cfg, lambda: (model, tokenizer))
     state = TrainerState(step=0, version=0, prompts_consumed=0)
     if resume_from:
         state = load_trainer_state(resume_from, step.optimizer)
+        engine.sync_from(model)  # a vLLM engine starts from cfg.model's weights, not the checkpoint's
         step.version = state.version
         log(f"resumed from {resume_from} at step {state.step}")
     summary: dict = {"start_step": state.step}
@@ -59,6 +59,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             engine, tokenizer, task, examples, cfg, step.version, seed=cfg.seed + state.step
         )
         metrics = step.train(groups)
+        engine.sync_from(model)
         state = TrainerState(state.step + 1, step.version, state.prompts_consumed + len(examples))
         elapsed = time.perf_counter() - t0
         metrics.update(step=state.step, gen_s=gen_s, step_s=elapsed, tokens_per_s=n_tokens / elapsed)
@@ -72,6 +73,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     summary.update(final_step=state.step, checkpoint=str(checkpoint) if checkpoint else None)
     if cfg.eval_n:
         summary["eval_after"] = _eval(engine, tokenizer, task, cfg, log, "after")
+    engine.close()
     return summary
 
 

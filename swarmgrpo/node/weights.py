@@ -95,7 +95,11 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
     """Copy the weights in `data` into `model` in place (each tensor cast to the model's dtype)."""
     if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise WeightError("weights do not match the published sha256: refused (corrupt or altered transfer)")
-    tensors = views(data)
+    copy_weights(model, views(data))
+
+
+def copy_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy `tensors` (state-dict names) into `model` in place; refuses a set that is not this model's."""
     state = model.state_dict()
     loaded = {state[k].data_ptr() for k in tensors if k in state}  # a tied weight is sent once
     missing = [k for k in state if k not in tensors and state[k].data_ptr() not in loaded]

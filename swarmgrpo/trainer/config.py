@@ -13,6 +13,7 @@ from swarmgrpo.trainer.tasks.config import TaskConfig
 
 GRAD_COMPRESSIONS = ("none", "fp16", "int8", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
+ENGINES = ("auto", "vllm", "transformers")
 
 
 @dataclass
@@ -24,6 +25,10 @@ class TrainConfig:
 
     dtype: str = "float32"
     """Compute dtype: "float32", or "bfloat16" (autocast; master weights and optimizer state stay fp32)."""
+
+    engine: str = "auto"
+    """Rollout engine: "vllm", "transformers", or "auto" (vLLM where it imports and supports the
+    model and sampling settings, else transformers). A node's `--engine` overrides it for that node."""
 
     seed: int = 0
     """Seed of sampling and of the prompt stream."""
@@ -155,6 +160,10 @@ class TrainConfig:
             raise ConfigError("powersgd_rank", f"must be >= 1, got {self.powersgd_rank}", "use 1, 2 or 4")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"unknown dtype '{self.dtype}'", f"choose one of: {', '.join(DTYPES)}")
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                "engine", f"unknown engine '{self.engine}'", f"choose one of: {', '.join(ENGINES)}"
+            )
         if self.temperature < 0:
             raise ConfigError(
                 "temperature", f"must be >= 0, got {self.temperature}", "use 1.0 for plain sampling"

@@ -40,4 +40,11 @@ class Engine(ABC):
 
     @abstractmethod
     def load_weights(self, state_dict: dict) -> None:
-        """Take new policy weights in place."""
+        """Take new policy weights (state-dict names, any float dtype) in place."""
+
+    def close(self) -> None:  # noqa: B027 (an optional hook, not an abstract method)
+        """Release what the engine holds beyond Python objects (vLLM's engine core)."""
+
+    def sync_from(self, model) -> None:
+        """Take the trainer's current weights (solo mode, after each step)."""
+        self.load_weights(model.state_dict())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from swarmgrpo.node.engines.base import Completion, Engine, SamplingParams
+from swarmgrpo.node.weights import copy_weights
 
 # Legend: N = prompts × n sequences sampled together, P = padded prompt length, T = new tokens, V = vocab.
 
@@ -20,7 +21,11 @@ class TransformersEngine(Engine):
         self.autocast_dtype = autocast_dtype
 
     def load_weights(self, state_dict: dict) -> None:
-        self.model.load_state_dict(state_dict, strict=False)
+        copy_weights(self.model, state_dict)
+
+    def sync_from(self, model) -> None:
+        if model is not self.model:  # the trainer's own module: nothing to copy
+            copy_weights(self.model, model.state_dict())
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
