@@ -54,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=0.01)
     p.add_argument("--rank", type=int, default=1, help="PowerSGD rank")
     p.add_argument(
+        "--no-error-feedback",
+        action="store_true",
+        help="fp16/int8/uint8 without error feedback (as before session 6)",
+    )
+    p.add_argument(
         "--window", type=int, default=0, help="final reward: mean of the last N steps (default: a quarter)"
     )
     p.add_argument("--json-out", default="")
@@ -94,7 +99,9 @@ def run(args, compression: str, seed: int) -> list[float]:
     steps = [GRPOStep(m, cfg, tokenizer.pad_token_id) for m in models]
     hosts = [PeerHost() for _ in models]
     averagers = [
-        GradientAverager(h, m, compression, args.rank, timeout=120.0)
+        GradientAverager(
+            h, m, compression, args.rank, timeout=120.0, error_feedback=not args.no_error_feedback
+        )
         for h, m in zip(hosts, models, strict=True)
     ]
     members = [Member(h.peer_id, tuple(h.addrs)) for h in hosts]

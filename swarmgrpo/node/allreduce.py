@@ -19,6 +19,14 @@ DHT that names the peers) and its codecs (`compression`), and do the arithmetic 
 Bytes on the wire per member and round: 2·(N−1)/N of the encoded vector, the bandwidth-optimal
 figure for an all-reduce; `last_bytes_sent` counts the payload this member sent in its last round.
 
+Error feedback (`ErrorFeedback`, for the lossy codecs): what a member's encodings lost in one round
+is added to what it encodes in the next, so rounding errors are delayed, not dropped (the remedy of
+1-bit SGD and EF-SGD; PowerSGD carries its own). A member keeps two residuals: that of the parts it
+sends in the reduce phase (its whole vector), and that of the mean slice it owns and sends in the
+gather phase. Both are per member and never travel, so every member still decodes the same bytes.
+Over rounds the decoded means sum to the exact means up to the last residual. They are zeroed when
+the round's layout (members, own index, length) changes, and after a failed round.
+
 Failure: a member that does not deliver within `timeout` seconds fails the round for everyone
 (`AllReduceError.missing` names the members not heard from); the caller retries without them.
 Sends are retried until then, so members need not start a round at the same moment.
@@ -52,6 +60,33 @@ REDUCE, GATHER = 0, 1
 class Member:
     peer_id: str
     addrs: tuple[str, ...] = ()
+
+
+class ErrorFeedback:
+    """One member's residuals, carried from round to round (see the module docstring)."""
+
+    def __init__(self):
+        self.layout: tuple[int, int, int] | None = None
+        self.sent = torch.empty(0)
+        self.mean = torch.empty(0)
+
+    def prepare(self, n: int, me: int, numel: int) -> None:
+        """Zero the residuals unless the last round had this layout."""
+        if self.layout != (n, me, numel):
+            self.layout = (n, me, numel)
+            self.sent = torch.zeros(numel)
+            self.mean = torch.zeros(numel // n + (me < numel % n))  # slice me of torch.tensor_split
+
+    def reset(self) -> None:
+        self.layout = None
+
+
+def _encode_keeping_error(codec: str, values: torch.Tensor, residual: torch.Tensor) -> bytes | bytearray:
+    """Encode `values`, leaving values − decode(encoding) in `residual`."""
+    data = compression.encode(codec, values)
+    compression.decode_into(data, residual)
+    residual.sub_(values).neg_()
+    return data
 
 
 class _PhaseClock:
@@ -237,17 +272,19 @@ class AllReduce:
         vector: torch.Tensor,
         weight: float,
         codec: str = "none",
+        feedback: ErrorFeedback | None = None,
     ) -> torch.Tensor:
-        """The weighted mean of every member's `vector` (same length everywhere), identical on all."""
+        """The weighted mean of every member's `vector` (same length everywhere), identical on all.
+        With `feedback` (and a lossy codec), this member's residuals are added back and updated."""
         if not 0 <= me < len(members):
             raise ValueError(f"member index {me} is not in a round of {len(members)}")
         if not weight > 0:
             raise ValueError(f"averaging weight must be > 0, got {weight}")
         return self.host.call(
-            self._run(round_id, list(members), me, vector.detach().reshape(-1), weight, codec)
+            self._run(round_id, list(members), me, vector.detach().reshape(-1), weight, codec, feedback)
         )
 
-    async def _run(self, round_id, members, me, vector, weight, codec) -> torch.Tensor:
+    async def _run(self, round_id, members, me, vector, weight, codec, feedback=None) -> torch.Tensor:
         """Sends run in the background: a phase ends when this member has *received* what it
         needs, not when its own sends are acknowledged, so each phase costs one trip across the
         network, not two. Every send must still succeed before the round counts."""
@@ -256,7 +293,14 @@ class AllReduce:
         self.last_bytes_sent = 0
         clock = _PhaseClock()
         self.last_phases = clock.seconds
-        slices = torch.tensor_split(vector.to(torch.float32), n)
+        vector = vector.to(torch.float32)
+        if codec == "none":
+            feedback = None  # nothing is lost
+        if feedback is not None:
+            feedback.prepare(n, me, vector.numel())
+            vector = vector + feedback.sent
+            residuals = torch.tensor_split(feedback.sent, n)
+        slices = torch.tensor_split(vector, n)
         sending: list[asyncio.Task] = []
         try:
             sends = []
@@ -264,7 +308,10 @@ class AllReduce:
                 head = swarm_pb2.AllReducePart(
                     round_id=round_id, phase=REDUCE, part=j, sender=me, weight=weight
                 )
-                data = compression.encode(codec, part)
+                if feedback is not None:
+                    data = _encode_keeping_error(codec, part, residuals[j])
+                else:
+                    data = compression.encode(codec, part)
                 if j == me:  # through the same codec as everyone's, so no member is favoured
                     await self._put((round_id, REDUCE, me, me), weight, data)
                 else:
@@ -286,7 +333,11 @@ class AllReduce:
                     )
                 total = values * w if total is None else total.add_(values, alpha=w)
                 weights += w
-            mean = compression.encode(codec, total.div_(weights))
+            total.div_(weights)
+            if feedback is not None:
+                mean = _encode_keeping_error(codec, total.add_(feedback.mean), feedback.mean)
+            else:
+                mean = compression.encode(codec, total)
             clock.lap("sum")
             await self._put((round_id, GATHER, me, me), 0.0, mean)
             head = swarm_pb2.AllReducePart(round_id=round_id, phase=GATHER, part=me, sender=me)
@@ -302,6 +353,10 @@ class AllReduce:
             await asyncio.gather(*sending)  # every member must have got this member's parts
             clock.lap("send_tail")
             return result
+        except BaseException:
+            if feedback is not None:  # the residuals now belong to a round that did not happen
+                feedback.reset()
+            raise
         finally:
             for task in sending:
                 task.cancel()

@@ -245,6 +245,7 @@ class Node:
                 self.cfg.grad_compression,
                 self.cfg.powersgd_rank,
                 timeout=self.cfg.allreduce_timeout_s,
+                error_feedback=self.cfg.grad_error_feedback,
             )
             psgd_state = (self.pending_state or {}).get("powersgd")
             if psgd_state is not None and self.averager.powersgd is not None:

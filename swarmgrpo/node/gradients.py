@@ -10,8 +10,9 @@ Each worker's gradient is normalised by its own shard's counts; the average weig
 worker would take on the whole batch. After `average`, every member's `.grad` holds bitwise-identical
 values (see `allreduce`), so replicas that started identical stay identical.
 
-Compression (`compression`): none | fp16 | int8 | uint8 (codecs of `compression`, through `allreduce`) |
-powersgd (rank `powersgd_rank`, fp16 factors, error feedback; see `powersgd`).
+Compression (`compression`): none | fp16 | int8 | uint8 (codecs of `compression`, through `allreduce`,
+with error feedback unless `error_feedback=False`) | powersgd (rank `powersgd_rank`, fp16 factors,
+error feedback; see `powersgd`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from swarmgrpo.node.allreduce import AllReduce, Member
+from swarmgrpo.node.allreduce import AllReduce, ErrorFeedback, Member
 from swarmgrpo.node.compression import CODECS
 from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.node.powersgd import PowerSGD
@@ -38,12 +39,15 @@ class GradientAverager:
         powersgd_rank: int = 1,
         timeout: float = 120.0,
         seed: int = 0,
+        error_feedback: bool = True,
     ):
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression '{compression}': use one of {', '.join(COMPRESSIONS)}")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.compression = compression
         self.reducer = AllReduce(host, timeout=timeout)
+        lossy = compression not in ("none", "powersgd")  # PowerSGD keeps its own error feedback
+        self.feedback = ErrorFeedback() if error_feedback and lossy else None
         self.powersgd = (
             PowerSGD([p.shape for p in self.params], powersgd_rank, seed)
             if compression == "powersgd"
@@ -61,7 +65,9 @@ class GradientAverager:
             sent = self.powersgd.last_bytes_sent
         else:
             flat = torch.cat([g.detach().reshape(-1).float() for g in grads])
-            vector = self.reducer.run(round_id, members, me, flat, weight, codec=self.compression)
+            vector = self.reducer.run(
+                round_id, members, me, flat, weight, codec=self.compression, feedback=self.feedback
+            )
             averaged, offset = [], 0
             for p in self.params:
                 averaged.append(vector[offset : offset + p.numel()].view(p.shape))

@@ -51,6 +51,10 @@ class TrainConfig:
     """How gradient workers of a step average their gradients over the network: none (float32),
     fp16 (block-scaled), int8 (block-scaled 8-bit), uint8 (hivemind's 8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
 
+    grad_error_feedback: bool = True
+    """fp16 / int8 / uint8: each gradient worker adds what its encodings lost in one step to the next
+    step's, so rounding errors are delayed instead of dropped (PowerSGD always does)."""
+
     powersgd_rank: int = 1
     """Rank of PowerSGD's factors (grad_compression = "powersgd")."""
 
