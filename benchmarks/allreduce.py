@@ -35,7 +35,7 @@ from wan import Wan  # benchmarks/wan.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RELAY_PORT = 40000
-COMPRESSIONS = ("none", "fp16", "int8", "uint8", "powersgd")
+COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")
 TARGET_POWERSGD_RATIO = 400
 TARGET_X_LIMIT = 1.5
 

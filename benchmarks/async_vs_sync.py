@@ -29,6 +29,7 @@ import json
 import sqlite3
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=200,
         help="held-out problems scored greedily for the base model and each k's final weights (0: skip)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("transformers", "vllm"),
+        default="transformers",
+        help="the rollout node's engine (transformers: the figures of every session so far; with vLLM "
+        "generation is shorter than training, so k >= 1 has less to hide)",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also score the checkpoint of every N-th version held out (0: only the final weights)",
+    )
     p.add_argument("--out", default="runs/bench-async", help="working folder (wiped per k)")
     p.add_argument("--json-out", default="")
     return p.parse_args(argv)
@@ -89,6 +103,8 @@ num_generations = {args.num_generations}
 generation_batch_size = {args.prompts * args.num_generations}
 micro_batch_size = {args.micro_batch}
 dtype = "{args.dtype}"
+engine = "{args.engine}"
+save_steps = {args.eval_every}
 max_completion_length = {args.max_completion_length}
 learning_rate = {3e-2 if args.model == "tiny" else 1e-5}
 advantage_estimator = "dr_grpo"
@@ -155,6 +171,13 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     checkpoints = sorted(
         (root / "trainer" / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1])
     )
+    versions = [v for v, _, _ in rows]
+    # every scored checkpoint with its wall time since version 1 (the clock of the steps/s figure),
+    # so runs can be compared at equal steps and at equal time
+    evals = {}
+    for c in checkpoints if args.eval_n else []:
+        v = int(c.name.split("-")[1])
+        evals[v] = {"elapsed_s": times[versions.index(v)] - times[0], **evaluate(args, str(c))}
     return {
         "k": k,
         "seed": seed,
@@ -165,7 +188,8 @@ def run_one(args, k: int, seed: int = 0) -> dict:
         "staleness": [m.get("staleness_mean", 0.0) for m in metrics],
         "train_s": statistics.median(m["train_s"] for m in metrics),
         "gen_s": statistics.median(gen_s),
-        "eval": evaluate(args, str(checkpoints[-1])) if args.eval_n and checkpoints else None,
+        "evals": evals,
+        "eval": evals[max(evals)] if evals else None,
     }
 
 
@@ -173,6 +197,8 @@ def evaluate(args, model: str) -> dict:
     """Greedy held-out accuracy of `model` on the run's task (both cores: the network is down)."""
     out = subprocess.run(
         [
+            sys.executable,
+            "-m",
             "swarmgrpo",
             "eval",
             "--model",
@@ -203,11 +229,40 @@ def expected_speedup(k0: dict) -> float:
     return k0["s_per_step"] / max(k0["gen_s"], k0["train_s"])
 
 
+def print_evals(pairs: list[tuple[dict, dict]]) -> None:
+    """Held-out accuracy at each scored version, and k = 1 against k = 0 at equal wall time: k = 1's
+    final weights against k = 0's latest scored version published no later (after version 1)."""
+    print("\nheld-out accuracy by version (seconds after version 1):")
+    for b, r in pairs:
+        for run in (b, r):
+            row = "  ".join(
+                f"v{v} {e['accuracy']:.3f} ({e['elapsed_s']:.0f}s)" for v, e in sorted(run["evals"].items())
+            )
+            print(f"  seed {run['seed']} k={run['k']}: {row}")
+    diffs = []
+    for b, r in pairs:
+        if not (b["evals"] and r["evals"]):
+            continue
+        end = r["evals"][max(r["evals"])]
+        within = [v for v, e in b["evals"].items() if e["elapsed_s"] <= end["elapsed_s"] * 1.02]
+        if within:
+            e = b["evals"][max(within)]
+            diffs.append(end["accuracy"] - e["accuracy"])
+            print(
+                f"  seed {b['seed']}: equal time, k=1 at v{max(r['evals'])} ({end['elapsed_s']:.0f}s) "
+                f"{end['accuracy']:.3f} vs k=0 at v{max(within)} ({e['elapsed_s']:.0f}s) {e['accuracy']:.3f}"
+            )
+    if len(diffs) >= 2:
+        mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+        print(f"  equal time, k=1 - k=0: mean {mean:+.3f}, 2 standard errors over seeds {2 * se:.3f}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     print(
         f"model={args.model} steps={args.steps} prompts/step={args.prompts} G={args.num_generations} "
-        f"tokens={args.max_completion_length} dtype={args.dtype} weights={args.weights} seeds={args.seeds}; "
+        f"tokens={args.max_completion_length} dtype={args.dtype} weights={args.weights} engine={args.engine} "
+        f"seeds={args.seeds}; "
         "rollout node on core 0, trainer on core 1, 1 thread each",
         flush=True,
     )
@@ -256,6 +311,8 @@ def main(argv=None) -> None:
             print(
                 f"held-out accuracy k=1 - k=0: {diffs[0]:+.3f} (one seed: training noise unmeasured; run --seeds 0 1 2)"
             )
+        if args.eval_every:
+            print_evals(pairs)
     if args.json_out:
         out = {"args": vars(args), "base_eval": base_eval, "results": results}
         Path(args.json_out).write_text(json.dumps(out, indent=1))

@@ -10,7 +10,7 @@ Each worker's gradient is normalised by its own shard's counts; the average weig
 worker would take on the whole batch. After `average`, every member's `.grad` holds bitwise-identical
 values (see `allreduce`), so replicas that started identical stay identical.
 
-Compression (`compression`): none | fp16 | int8 | uint8 (codecs of `compression`, through `allreduce`,
+Compression (`compression`): none | fp16 | int8 | fp8 | uint8 (codecs of `compression`, through `allreduce`,
 with error feedback unless `error_feedback=False`) | powersgd (rank `powersgd_rank`, fp16 factors,
 error feedback; see `powersgd`).
 """

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from swarmgrpo.protocol.errors import ConfigError
 from swarmgrpo.trainer.tasks.config import TaskConfig
 
-GRAD_COMPRESSIONS = ("none", "fp16", "int8", "uint8", "powersgd")
+GRAD_COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
 ENGINES = ("auto", "vllm", "transformers")
 
@@ -49,10 +49,10 @@ class TrainConfig:
 
     grad_compression: str = "none"
     """How gradient workers of a step average their gradients over the network: none (float32),
-    fp16 (block-scaled), int8 (block-scaled 8-bit), uint8 (hivemind's 8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
+    fp16 (block-scaled), int8 (block-scaled 8-bit), fp8 (block-scaled float8 e4m3), uint8 (hivemind's 8-bit), or powersgd (rank `powersgd_rank`, fp16 factors)."""
 
     grad_error_feedback: bool = True
-    """fp16 / int8 / uint8: each gradient worker adds what its encodings lost in one step to the next
+    """fp16 / int8 / fp8 / uint8: each gradient worker adds what its encodings lost in one step to the next
     step's, so rounding errors are delayed instead of dropped (PowerSGD always does)."""
 
     powersgd_rank: int = 1

@@ -143,7 +143,7 @@ def _weighted_mean(weights, vectors):
     return sum(w * v.double() for w, v in zip(weights, vectors, strict=True)) / sum(weights)
 
 
-@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "uint8"])
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "fp8", "uint8"])
 def test_every_codec_averages_and_every_member_gets_identical_bytes(group, codec):
     outs, shas, sent = _round(group, f"codec-{codec}", codec)
     assert len(set(shas)) == 1, "members disagree"
@@ -159,7 +159,7 @@ def test_every_codec_averages_and_every_member_gets_identical_bytes(group, codec
         assert err < 0.05 * spread, (err, spread)
     full = SIZE * 4
     expected = (
-        {"none": 1.0, "fp16": 0.5, "int8": 0.25, "uint8": 0.25}[codec] * full * 2 * 2 / 3
+        {"none": 1.0, "fp16": 0.5, "int8": 0.25, "fp8": 0.25, "uint8": 0.25}[codec] * full * 2 * 2 / 3
     )  # 2·(N−1)/N of the vector
     # Within 5%: message headers, and the 8-bit codebook (256 floats per slice).
     assert all(abs(s - expected) / expected < 0.05 for s in sent), (sent, expected)

@@ -20,7 +20,7 @@ def test_block_fp16_keeps_small_values_next_to_large_ones():
     assert len(encode("fp16", x)) < 0.51 * len(encode("none", x))
 
 
-@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "uint8"])
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "fp8", "uint8"])
 def test_empty_and_constant_parts_round_trip(codec):
     assert decode(encode(codec, torch.zeros(0))).numel() == 0
     torch.testing.assert_close(decode(encode(codec, torch.full((9,), -1.5))), torch.full((9,), -1.5))
@@ -65,7 +65,31 @@ def test_int8_uses_its_whole_range_and_keeps_zeros_and_signs():
     torch.testing.assert_close(y, x, atol=1 / 254, rtol=0)
 
 
-@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "uint8"])
+def test_fp8_keeps_every_value_to_its_relative_precision_across_chunks_and_a_short_last_block():
+    """e4m3 after scaling each block's largest magnitude to 448: a value whose scaled magnitude is a
+    normal float8 (>= 2^-6) is off by at most half of its 3-bit mantissa's step (2^-4 relative);
+    below that, by half the subnormal step (2^-10 in scaled units)."""
+    g = torch.Generator().manual_seed(2)
+    n = CHUNK_VALUES + 3 * BLOCK_VALUES + 17
+    x = torch.randn(n, generator=g) * torch.logspace(-6, 2, n)
+    x[5 * BLOCK_VALUES + 3] = 1e-9  # far below its block's largest, next to it
+    y = decode(encode("fp8", x))
+    padded = torch.nn.functional.pad(x, (0, -n % BLOCK_VALUES)).view(-1, BLOCK_VALUES)
+    unit = padded.abs().amax(1).repeat_interleave(BLOCK_VALUES)[:n] / 448  # one scaled unit
+    bound = torch.maximum(x.abs() * 2**-4, unit * 2**-10) * 1.0001
+    assert ((y - x).abs() <= bound).all()
+    assert torch.equal(torch.sign(y[x.abs() > unit * 2**-9]), torch.sign(x[x.abs() > unit * 2**-9]))
+    assert len(encode("fp8", x)) == len(encode("int8", x)) == 9 + 4 * (-(-n // BLOCK_VALUES)) + n
+
+
+def test_fp8_sends_what_int8_rounds_to_zero():
+    x = torch.tensor([1.0, 1e-3, -2e-3, 3e-4] + [0.0] * 100)  # one block: at most 1/1000 of its largest
+    y8, yi = decode(encode("fp8", x)), decode(encode("int8", x))
+    assert (yi[1:4] == 0).all()  # below half an int8 step (1/254)
+    torch.testing.assert_close(y8[:4], x[:4], rtol=2**-4, atol=0)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "fp8", "uint8"])
 def test_decode_into_writes_the_part_and_refuses_a_part_of_another_size(codec):
     x = torch.randn(3000)
     out = torch.full((3000,), float("nan"))
