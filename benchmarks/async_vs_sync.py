@@ -30,7 +30,6 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from swarmgrpo.localnet import Processes
@@ -121,13 +120,7 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     cfg.write_text(run_config(args, k, root / "coordinator", seed))
     procs = Processes(root)
     try:
-        coordinator = procs.start("coordinator", ["coordinator", "--config", str(cfg)])
-        ports = root / "coordinator" / "ports.json"
-        while not ports.exists():
-            if coordinator.poll() is not None:
-                raise SystemExit(procs.log("coordinator"))
-            time.sleep(0.2)
-        grpc_addr = json.loads(ports.read_text())["grpc"]
+        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
         common = [
             "--join",
             grpc_addr,

@@ -164,13 +164,7 @@ def worker(args, engine: str) -> dict:
     procs.env = node_env(args)
     db_path = root / "coordinator" / "run.sqlite"
     try:
-        coordinator = procs.start("coordinator", ["coordinator", "--config", str(cfg)])
-        ports = root / "coordinator" / "ports.json"
-        while not ports.exists():
-            if coordinator.poll() is not None:
-                raise SystemExit(procs.log("coordinator"))
-            time.sleep(0.2)
-        grpc_addr = json.loads(ports.read_text())["grpc"]
+        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
         node_args = ["node", "--join", grpc_addr, "--token", "bench", "--roles", "rollout"]
         node_args += ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
         node_args += ["--state-dir", str(root / "node"), "--weights-dir", str(root / "weights")]

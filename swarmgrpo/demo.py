@@ -61,13 +61,7 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
         summary["eval_before"] = _eval(cfg.train.model, cfg, "before")
     procs = Processes(out)
     try:
-        procs.start("coordinator", ["coordinator", "--config", str(config_path)])
-        ports = out / "coordinator" / "ports.json"
-        while not ports.exists():
-            if msg := procs.failed():
-                raise UserError(msg)
-            time.sleep(0.2)
-        addr = json.loads(ports.read_text())
+        addr = procs.start_coordinator(config_path, out / "coordinator")
         print(f"coordinator: gRPC {addr['grpc']}, status http://{addr['http']}/status", flush=True)
         node_args = [
             "--join",

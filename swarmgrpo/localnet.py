@@ -6,10 +6,14 @@ through its own handle (terminate, then kill), never by name.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from swarmgrpo.protocol.errors import UserError
 
 
 class Processes:
@@ -30,6 +34,22 @@ class Processes:
             )
         self.procs[name] = proc
         return proc
+
+    def start_coordinator(self, config: Path, state_dir: Path, timeout: float = 120.0) -> dict:
+        """Start `swarmgrpo coordinator --config config` as "coordinator" and wait until it is bound:
+        the addresses it wrote to state_dir/ports.json ("grpc", "http", ...)."""
+        ports = state_dir / "ports.json"
+        ports.unlink(missing_ok=True)
+        proc = self.start("coordinator", ["coordinator", "--config", str(config)])
+        deadline = time.monotonic() + timeout
+        while not ports.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise UserError(
+                    f"the coordinator did not start within {timeout:.0f} s; its log ends:\n"
+                    + self.log("coordinator")[-1500:]
+                )
+            time.sleep(0.1)
+        return json.loads(ports.read_text())
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

@@ -10,7 +10,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from swarmgrpo.localnet import Processes
@@ -67,15 +66,8 @@ class Network:
         self.coordinator: subprocess.Popen | None = None
 
     def start_coordinator(self, timeout: float = 60.0) -> subprocess.Popen:
-        ports = self.state_dir / "ports.json"
-        ports.unlink(missing_ok=True)
-        self.coordinator = self.procs.start("coordinator", ["coordinator", "--config", str(self.config)])
-        deadline = time.monotonic() + timeout
-        while not ports.exists():
-            if self.coordinator.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"coordinator did not start:\n{self.log('coordinator')}")
-            time.sleep(0.1)
-        self.http = json.loads(ports.read_text()).get("http")
+        self.http = self.procs.start_coordinator(self.config, self.state_dir, timeout).get("http")
+        self.coordinator = self.procs.procs["coordinator"]
         return self.coordinator
 
     def start_node(

@@ -3,26 +3,20 @@ of that version's published weights, so the new weights went into the running en
 """
 
 import json
-import os
 import time
 
 import pytest
 import torch
 
-from swarmgrpo.node.engines.vllm_engine import unavailable_reason
 from swarmgrpo.node.weights import load_into
-from swarmgrpo.trainer.models import TinyShape, load_tokenizer, tiny_model
+from swarmgrpo.trainer.models import load_tokenizer, tiny_model
 from tests.integration.netfixtures import Network
+from tests.vllm_support import VLLM_TINY_SHAPE, skip_module_without_vllm
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
-_reason = unavailable_reason()
-if _reason:
-    if os.environ.get("SWARMGRPO_REQUIRE_VLLM") == "1":
-        raise RuntimeError(f"SWARMGRPO_REQUIRE_VLLM=1 but {_reason}")
-    pytest.skip(_reason, allow_module_level=True)
+skip_module_without_vllm()
 
-# vLLM's CPU attention needs head_dim >= 32; the default tiny shape has 16.
-SHAPE = TinyShape(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256)
+SHAPE = VLLM_TINY_SHAPE
 
 
 def test_a_vllm_rollout_node_samples_from_each_published_version(tmp_path):

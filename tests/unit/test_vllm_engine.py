@@ -5,25 +5,19 @@ float32, so log-probs can be compared to ~1e-5. `make test` installs vLLM and se
 SWARMGRPO_REQUIRE_VLLM=1, which turns the skip without it into a failure.
 """
 
-import os
-
 import pytest
 import torch
 
 from swarmgrpo.node.engines.base import SamplingParams
-from swarmgrpo.node.engines.vllm_engine import unavailable_reason
 from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import TinyShape, load_tokenizer, tiny_model
+from swarmgrpo.trainer.models import load_tokenizer, tiny_model
+from tests.vllm_support import VLLM_TINY_SHAPE, skip_module_without_vllm
 
 pytestmark = pytest.mark.vllm
-_reason = unavailable_reason()
-if _reason:
-    if os.environ.get("SWARMGRPO_REQUIRE_VLLM") == "1":
-        raise RuntimeError(f"SWARMGRPO_REQUIRE_VLLM=1 but {_reason}")
-    pytest.skip(_reason, allow_module_level=True)
+skip_module_without_vllm()
 
-SHAPE = TinyShape(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=256)
+SHAPE = VLLM_TINY_SHAPE
 
 
 @pytest.fixture(scope="module")
