@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "swarmgrpo.allreduce"
 STREAMS = 8  # parallel streams per part sent (see `_send`)
 MIN_STREAM_BYTES = 256 * 1024  # parts smaller than this x streams use fewer streams
+LINGER_S = 2.0  # `close` keeps taking parts until none has come for this long
 REDUCE, GATHER = 0, 1
 
 
@@ -119,6 +120,7 @@ class AllReduce:
         # parts still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
         self._partial: dict[tuple[str, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
         self._arrived: asyncio.Condition | None = None
+        self._last_part = 0.0  # monotonic time a stream last delivered a range (see `close`)
         host.call(self._register())
 
     async def _register(self) -> None:
@@ -127,7 +129,14 @@ class AllReduce:
             PROTOCOL, self._receive, swarm_pb2.AllReducePart, stream_input=True
         )
 
-    def close(self) -> None:
+    def close(self, linger: float = LINGER_S) -> None:
+        """Stop taking parts, once none has arrived for `linger` seconds. A member that has all it
+        needs ends its round while others may still be sending to it: a send whose data arrived
+        but whose acknowledgment was lost is retried within ~0.1 s (`_send_all`), and without the
+        handler that retry would fail until the deadline and fail the sender's round."""
+        quiet_from = self._last_part + linger
+        if (wait := quiet_from - time.monotonic()) > 0:
+            time.sleep(min(wait, linger))
         if self.host.p2p is not None:
             try:
                 self.host.call(self.host.p2p.remove_protobuf_handler(PROTOCOL, stream_input=True), timeout=10)
@@ -162,6 +171,7 @@ class AllReduce:
             return swarm_pb2.AllReduceAck(error="empty stream")
         key = (head.round_id, head.phase, head.part, head.sender)
         await self._piece(key, head.weight, head.offset, size)
+        self._last_part = time.monotonic()
         return swarm_pb2.AllReduceAck()
 
     def _buffer(self, key, total: int) -> bytearray:

@@ -8,15 +8,24 @@ and hivemind's own 8-bit codec decodes again (its NumPy 2 bug, worked around in 
 import hashlib
 import json
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
 from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import MIN_STREAM_BYTES, AllReduce, AllReduceError, ErrorFeedback, Member
+from swarmgrpo.node.allreduce import (
+    LINGER_S,
+    MIN_STREAM_BYTES,
+    AllReduce,
+    AllReduceError,
+    ErrorFeedback,
+    Member,
+)
 from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.node.powersgd import PowerSGD
+from swarmgrpo.protocol import swarm_pb2
 from tests.integration.peerprocs import readline, send, spawn, stop
 
 pytestmark = pytest.mark.integration
@@ -193,6 +202,31 @@ def test_a_range_sent_twice_is_placed_once():
     finally:
         reducer.close()
         host.close()
+
+
+def test_a_closing_member_still_takes_a_late_retry_then_stops():
+    """A member ends its round once it has every part it needs, while another may be retrying a
+    send whose data arrived but whose acknowledgment did not: `close` keeps the handler until no
+    part has come for LINGER_S, so that retry is acknowledged instead of failing the sender's round."""
+    receiver_host, sender_host = PeerHost(), PeerHost()
+    receiver, sender = AllReduce(receiver_host, timeout=5), AllReduce(sender_host, timeout=5)
+    to_receiver = Member(receiver_host.peer_id, tuple(receiver_host.addrs))
+    head = swarm_pb2.AllReducePart(round_id="late", phase=0, part=0, sender=1, weight=1.0)
+    try:
+        sender_host.call(sender._send(to_receiver, head, b"x" * 1000))  # the round's last part
+        closing = threading.Thread(target=receiver.close)
+        closing.start()
+        time.sleep(LINGER_S / 4)
+        assert closing.is_alive()
+        sender_host.call(sender._send(to_receiver, head, b"x" * 1000))  # the retry: acknowledged
+        closing.join(3 * LINGER_S)
+        assert not closing.is_alive()
+        with pytest.raises(Exception, match="protocols not supported"):
+            sender_host.call(sender._send(to_receiver, head, b"x" * 1000))
+    finally:
+        sender.close(linger=0)
+        receiver_host.close()
+        sender_host.close()
 
 
 def test_powersgd_tracks_the_mean_with_identical_results_and_far_fewer_bytes(group):
