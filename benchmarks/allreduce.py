@@ -33,9 +33,10 @@ from pathlib import Path
 
 from wan import Wan  # benchmarks/wan.py, beside this script
 
+from swarmgrpo.trainer.config import GRAD_COMPRESSIONS as COMPRESSIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 RELAY_PORT = 40000
-COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")
 TARGET_POWERSGD_RATIO = 400
 TARGET_X_LIMIT = 1.5
 

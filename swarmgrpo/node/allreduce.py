@@ -134,9 +134,7 @@ class AllReduce:
         needs ends its round while others may still be sending to it: a send whose data arrived
         but whose acknowledgment was lost is retried within ~0.1 s (`_send_all`), and without the
         handler that retry would fail until the deadline and fail the sender's round."""
-        quiet_from = self._last_part + linger
-        if (wait := quiet_from - time.monotonic()) > 0:
-            time.sleep(min(wait, linger))
+        time.sleep(max(0.0, self._last_part + linger - time.monotonic()))
         if self.host.p2p is not None:
             try:
                 self.host.call(self.host.p2p.remove_protobuf_handler(PROTOCOL, stream_input=True), timeout=10)

@@ -49,8 +49,10 @@ from hivemind.compression.quantization import Quantile8BitQuantization, Uniform8
 from hivemind.proto import runtime_pb2
 
 from swarmgrpo.node.buffers import raw_bytes, readonly_view
+from swarmgrpo.trainer.config import GRAD_COMPRESSIONS
 
-CODECS = ("none", "fp16", "int8", "fp8", "uint8")
+# The run config names them (`grad_compression`); PowerSGD is a reducer of its own, not a codec.
+CODECS = tuple(c for c in GRAD_COMPRESSIONS if c != "powersgd")
 BLOCK_VALUES = 1024  # values per scale, for fp16, int8 and fp8
 CHUNK_VALUES = 256 * BLOCK_VALUES  # block codecs work a chunk at a time (1 MB of float32 temporaries)
 # First byte of every encoding: which format follows (the block codecs' tags are in _BLOCK_CODECS).

@@ -11,12 +11,11 @@ import torch
 from swarmgrpo.node.weights import load_into
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
 from tests.integration.netfixtures import Network
-from tests.vllm_support import VLLM_TINY_SHAPE, skip_module_without_vllm
+from tests.vllm_support import VLLM_TINY_SHAPE as SHAPE
+from tests.vllm_support import skip_module_without_vllm
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm]
 skip_module_without_vllm()
-
-SHAPE = VLLM_TINY_SHAPE
 
 
 def test_a_vllm_rollout_node_samples_from_each_published_version(tmp_path):

@@ -12,12 +12,11 @@ from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
-from tests.vllm_support import VLLM_TINY_SHAPE, skip_module_without_vllm
+from tests.vllm_support import VLLM_TINY_SHAPE as SHAPE
+from tests.vllm_support import skip_module_without_vllm
 
 pytestmark = pytest.mark.vllm
 skip_module_without_vllm()
-
-SHAPE = VLLM_TINY_SHAPE
 
 
 @pytest.fixture(scope="module")
