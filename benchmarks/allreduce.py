@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import select
 import signal
@@ -98,6 +99,8 @@ def peer_main(args) -> None:
     from swarmgrpo.node.p2p_host import PeerHost
 
     torch.set_num_threads(1)
+    logging.basicConfig(format=f"peer {os.getpid()}: %(message)s")
+    logging.getLogger("swarmgrpo.node.allreduce").setLevel(logging.INFO)  # retried sends, if any
     shapes = _shapes(args.model)
     params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
     host = PeerHost([args.listen])

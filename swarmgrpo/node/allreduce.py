@@ -10,6 +10,13 @@ every member, itself included. So every member decodes identical bytes and ends 
 identical vector, compressed or not: replicas that apply the same optimizer step stay identical,
 which the coordinator checks by weight hash.
 
+Slices travel in segments (SEGMENT_VALUES values, each encoded on its own), and the round is a
+pipeline over them: a member encodes segment s + 1 while segment s is on the wire, an owner sums
+segment s and sends its mean while later segments still arrive, and means are decoded as they come.
+Done one phase after the other, a member's link idled while it encoded, while the slowest owner
+summed, and between the two phases; pipelined, the link stays busy and the codec work hides behind
+it (README, "all-reduce bytes and seconds").
+
 Why not hivemind's `DecentralizedAverager`: its all-reduce returns each peer `averaged − local`
 (compressed), which each peer adds to its own local vector. Under compression, and even in plain
 float32 (x + (a − x) is not always a), peers end with slightly different averages, and replicas
@@ -51,9 +58,11 @@ from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
 PROTOCOL = "swarmgrpo.allreduce"
-STREAMS = 8  # parallel streams per part sent (see `_send`)
+STREAMS = 4  # parallel streams per segment sent (see `_send`)
 MIN_STREAM_BYTES = 256 * 1024  # parts smaller than this x streams use fewer streams
 LINGER_S = 2.0  # `close` keeps taking parts until none has come for this long
+SEGMENT_VALUES = 1 << 21  # a slice travels in segments of at most this many values (see `_run`)
+SEND_WINDOW = 2  # segments in flight to one member, per phase
 REDUCE, GATHER = 0, 1
 
 
@@ -82,27 +91,6 @@ class ErrorFeedback:
         self.layout = None
 
 
-def _encode_keeping_error(codec: str, values: torch.Tensor, residual: torch.Tensor) -> bytes | bytearray:
-    """Encode `values`, leaving values − decode(encoding) in `residual`."""
-    data = compression.encode(codec, values)
-    compression.decode_into(data, residual)
-    residual.sub_(values).neg_()
-    return data
-
-
-class _PhaseClock:
-    """Seconds per phase of a round, for benchmarks and logs (`AllReduce.last_phases`)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
-        self._last = now
-
-
 class AllReduceError(RuntimeError):
     def __init__(self, message: str, missing: Sequence[int] = ()):
         super().__init__(message)
@@ -116,9 +104,10 @@ class AllReduce:
         self.host, self.timeout, self.chunk_bytes, self.streams = host, timeout, chunk_bytes, streams
         self.last_bytes_sent = 0
         self.last_phases: dict[str, float] = {}  # seconds per phase of the last round (see `_run`)
-        self._inbox: dict[tuple[str, int, int, int], tuple[float, bytes | bytearray, float]] = {}
-        # parts still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
-        self._partial: dict[tuple[str, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
+        # arrived segments: (round, phase, part, sender, segment) -> (weight, bytes, arrival time)
+        self._inbox: dict[tuple[str, int, int, int, int], tuple[float, bytes | bytearray, float]] = {}
+        # segments still arriving: key -> (buffer, {offset: length} of the ranges in it, first seen)
+        self._partial: dict[tuple[str, int, int, int, int], tuple[bytearray, dict[int, int], float]] = {}
         self._arrived: asyncio.Condition | None = None
         self._last_part = 0.0  # monotonic time a stream last delivered a range (see `close`)
         host.call(self._register())
@@ -132,7 +121,7 @@ class AllReduce:
     def close(self, linger: float = LINGER_S) -> None:
         """Stop taking parts, once none has arrived for `linger` seconds. A member that has all it
         needs ends its round while others may still be sending to it: a send whose data arrived
-        but whose acknowledgment was lost is retried within ~0.1 s (`_send_all`), and without the
+        but whose acknowledgment was lost is retried within ~0.1 s (`_send`), and without the
         handler that retry would fail until the deadline and fail the sender's round."""
         time.sleep(max(0.0, self._last_part + linger - time.monotonic()))
         if self.host.p2p is not None:
@@ -150,14 +139,9 @@ class AllReduce:
         async for msg in requests:
             if head is None:
                 head = msg
-                buf = self._buffer((msg.round_id, msg.phase, msg.part, msg.sender), msg.total_bytes)
+                buf = self._buffer(_key(msg), msg.total_bytes)
             end = msg.offset + len(msg.data)
-            if msg.offset != head.offset + size or (msg.round_id, msg.phase, msg.part, msg.sender) != (
-                head.round_id,
-                head.phase,
-                head.part,
-                head.sender,
-            ):
+            if msg.offset != head.offset + size or _key(msg) != _key(head):
                 return swarm_pb2.AllReduceAck(
                     error=f"chunk at offset {msg.offset} after {size} bytes: stream corrupt"
                 )
@@ -167,8 +151,7 @@ class AllReduce:
             size += len(msg.data)
         if head is None:
             return swarm_pb2.AllReduceAck(error="empty stream")
-        key = (head.round_id, head.phase, head.part, head.sender)
-        await self._piece(key, head.weight, head.offset, size)
+        await self._piece(_key(head), head.weight, head.offset, size)
         self._last_part = time.monotonic()
         return swarm_pb2.AllReduceAck()
 
@@ -201,74 +184,101 @@ class AllReduce:
             self._inbox[key] = (weight, data, now)
             self._arrived.notify_all()
 
-    async def _wait(self, keys: set, deadline: float) -> dict:
+    async def _wait(self, keys: set, deadline: float, any_of: bool = False) -> dict:
+        """Take `keys` from the inbox once all have arrived (with `any_of`: once one has, taking
+        those there are); past the deadline, fail naming the senders not heard from."""
         async with self._arrived:
-            while not keys <= self._inbox.keys():
+            while not (keys & self._inbox.keys() if any_of else keys <= self._inbox.keys()):
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    missing = sorted(k[3] for k in keys - self._inbox.keys())
+                    missing = sorted({k[3] for k in keys - self._inbox.keys()})
                     raise AllReduceError(f"no part from members {missing} within {self.timeout:g} s", missing)
                 with contextlib.suppress(TimeoutError):  # re-check the deadline, then wait again
                     await asyncio.wait_for(self._arrived.wait(), left)
-            return {k: self._inbox.pop(k)[:2] for k in keys}
+            return {k: self._inbox.pop(k)[:2] for k in keys & self._inbox.keys()}
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, member: Member, head: swarm_pb2.AllReducePart, data: bytes | bytearray) -> None:
-        """`data` to `member` over up to `streams` parallel streams, one contiguous range each: a
-        libp2p stream's flow-control window (yamux) caps one stream at window / RTT, which on a
-        50 ms link is far below the link's speed."""
-        peer = PeerID.from_base58(member.peer_id)
-        await self.host.connect(peer, member.addrs, self.timeout)
+    async def _send(
+        self, member: Member, head: swarm_pb2.AllReducePart, data, deadline: float | None = None, index=-1
+    ) -> None:
+        """`data` to `member` (member `index` of the round) over up to `streams` parallel streams, one
+        contiguous range each: a libp2p stream's flow-control window (yamux) caps one stream at
+        window / RTT, which on a 50 ms link is far below the link's speed.
 
+        A range whose stream fails is sent again until `deadline` (without one: tried once): a
+        member may not have registered its handler yet (it is still loading its model), a dial may
+        fail once, and under load a stream is now and then reset before its acknowledgment (about
+        one in 200 in the emulated-WAN benchmark, logged). The receiver places ranges by offset, so only
+        the failed range travels again. A dead member fails every try."""
+        peer = PeerID.from_base58(member.peer_id)
         view = memoryview(data)  # bytes or bytearray; each chunk is copied once, into its message
 
-        async def stream(start: int, end: int) -> None:
-            async def chunks():
-                for offset in range(start, max(end, start + 1), self.chunk_bytes):
-                    msg = swarm_pb2.AllReducePart()
-                    msg.CopyFrom(head)
-                    msg.offset, msg.total_bytes = offset, len(data)
-                    msg.data = bytes(view[offset : min(offset + self.chunk_bytes, end)])
-                    yield msg
+        async def chunks(start: int, end: int):
+            for offset in range(start, max(end, start + 1), self.chunk_bytes):
+                msg = swarm_pb2.AllReducePart()
+                msg.CopyFrom(head)
+                msg.offset, msg.total_bytes = offset, len(data)
+                msg.data = bytes(view[offset : min(offset + self.chunk_bytes, end)])
+                yield msg
 
-            ack = await self.host.p2p.call_protobuf_handler(peer, PROTOCOL, chunks(), swarm_pb2.AllReduceAck)
+        async def stream(start: int, end: int) -> None:
+            await self.host.connect(peer, member.addrs, self.timeout)
+            ack = await self.host.p2p.call_protobuf_handler(
+                peer, PROTOCOL, chunks(start, end), swarm_pb2.AllReduceAck
+            )
             if ack.error:
                 raise AllReduceError(f"member {member.peer_id[:12]} refused a part: {ack.error}")
 
-        n = max(1, min(self.streams, -(-len(data) // MIN_STREAM_BYTES)))
-        bounds = [len(data) * i // n for i in range(n + 1)]
-        await asyncio.gather(*(stream(a, b) for a, b in itertools.pairwise(bounds)))
-        self.last_bytes_sent += len(data)
-
-    async def _send_all(
-        self, sends: list[tuple[int, Member, swarm_pb2.AllReducePart, bytes]], deadline
-    ) -> None:
-        async def one(member, head, data):
-            # Retried until the deadline: a member may not have registered its handler yet (it is
-            # still loading its model), or a dial may fail once; a dead member fails every try.
+        async def retrying(start: int, end: int) -> None:
             pause = 0.1
             while True:
                 try:
-                    left = max(deadline - time.monotonic(), 0.01)
-                    return await asyncio.wait_for(self._send(member, head, data), left)
+                    left = None if deadline is None else max(deadline - time.monotonic(), 0.01)
+                    return await asyncio.wait_for(stream(start, end), left)
                 except (TypeError, AttributeError, NameError):
                     raise  # a bug of ours, not the network: retrying would only hide it until the deadline
-                except Exception:
-                    if time.monotonic() + pause >= deadline:
+                except Exception as e:
+                    if deadline is None:
                         raise
+                    if time.monotonic() + pause >= deadline:
+                        raise AllReduceError(f"could not send to member {index} ({e!r})", [index]) from e
+                    log.info(
+                        "segment %d of part %d: bytes %d-%d to member %d again (%r)",
+                        head.segment, head.part, start, end, index, e,
+                    )  # fmt: skip
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, 2.0)
 
-        results = await asyncio.gather(*(one(m, h, d) for _, m, h, d in sends), return_exceptions=True)
-        failed = [
-            (i, r) for (i, _, _, _), r in zip(sends, results, strict=True) if isinstance(r, BaseException)
-        ]
-        if failed:
-            raise AllReduceError(
-                "could not send to members " + ", ".join(f"{i} ({r!r})" for i, r in failed),
-                [i for i, _ in failed],
-            )
+        n = max(1, min(self.streams, -(-len(data) // MIN_STREAM_BYTES)))
+        bounds = [len(data) * i // n for i in range(n + 1)]
+        await asyncio.gather(*(retrying(a, b) for a, b in itertools.pairwise(bounds)))
+        self.last_bytes_sent += len(data)
+
+    async def _sender(self, index: int, member: Member, outbox: asyncio.Queue, deadline: float) -> None:
+        """Send what comes through `outbox` to one member, in order, with up to SEND_WINDOW segments
+        in flight (the next one streams while the last one's acknowledgment travels back), until
+        None comes; fail as soon as a send has failed."""
+        window = asyncio.Semaphore(SEND_WINDOW)
+        flying: list[asyncio.Task] = []
+
+        async def one(head, data):
+            try:
+                await self._send(member, head, data, deadline, index)
+            finally:
+                window.release()
+
+        try:
+            while (item := await outbox.get()) is not None:
+                await window.acquire()
+                for task in flying:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()
+                flying.append(asyncio.create_task(one(*item)))
+            await asyncio.gather(*flying)
+        finally:
+            for task in flying:
+                task.cancel()
 
     # ------------------------------------------------------------------ the round
 
@@ -293,80 +303,96 @@ class AllReduce:
         )
 
     async def _run(self, round_id, members, me, vector, weight, codec, feedback=None) -> torch.Tensor:
-        """Sends run in the background: a phase ends when this member has *received* what it
-        needs, not when its own sends are acknowledged, so each phase costs one trip across the
-        network, not two. Every send must still succeed before the round counts."""
+        """A pipeline over segments (see the module docstring): this member encodes its parts a
+        segment at a time (segment-major, so every owner soon has something to sum), each segment
+        going on the wire while the next is encoded; as soon as an owner holds segment s from every
+        member it sums it, encodes the mean and sends it to everyone; each member decodes the means'
+        segments as they come. The codec work runs in a worker thread (torch releases the GIL), so
+        this loop keeps receiving meanwhile. The round ends when this member has every mean and
+        every one of its sends has been acknowledged."""
         n = len(members)
         deadline = time.monotonic() + self.timeout
         self.last_bytes_sent = 0
-        clock = _PhaseClock()
-        self.last_phases = clock.seconds
+        timer = _Timer()
+        self.last_phases = timer.seconds
         vector = vector.to(torch.float32)
         if codec == "none":
             feedback = None  # nothing is lost
         if feedback is not None:
             feedback.prepare(n, me, vector.numel())
-            vector = vector + feedback.sent
-            residuals = torch.tensor_split(feedback.sent, n)
-        slices = torch.tensor_split(vector, n)
-        sending: list[asyncio.Task] = []
+        parts = [_segments(s) for s in torch.tensor_split(vector, n)]
+        result = torch.empty(vector.numel())
+        outs = [_segments(s) for s in torch.tensor_split(result, n)]
+        sent_residuals = mean_residuals = None
+        if feedback is not None:
+            sent_residuals = [_segments(s) for s in torch.tensor_split(feedback.sent, n)]
+            mean_residuals = _segments(feedback.mean)
+        reduce_boxes = {j: asyncio.Queue() for j in range(n) if j != me}
+        gather_boxes = {j: asyncio.Queue() for j in range(n) if j != me}
+
+        async def encode_parts():
+            for s in range(max(len(p) for p in parts)):
+                for j in [(me + 1 + k) % n for k in range(n)]:  # every member starts with a different owner
+                    if s >= len(parts[j]):
+                        continue
+                    residual = sent_residuals[j][s] if sent_residuals else None
+                    data = await timer.work("encode", _encode, codec, parts[j][s], residual)
+                    if j == me:  # through the same codec as everyone's, so no member is favoured
+                        await self._put((round_id, REDUCE, me, me, s), weight, data)
+                    else:
+                        head = swarm_pb2.AllReducePart(
+                            round_id=round_id, phase=REDUCE, part=j, sender=me, weight=weight, segment=s
+                        )
+                        reduce_boxes[j].put_nowait((head, data))
+            for box in reduce_boxes.values():
+                box.put_nowait(None)
+
+        async def reduce_mine():
+            for s, mine in enumerate(parts[me]):
+                inputs = await self._wait({(round_id, REDUCE, me, i, s) for i in range(n)}, deadline)
+                if s == 0:
+                    timer.mark("first_inputs")
+                ordered = [inputs[(round_id, REDUCE, me, i, s)] for i in range(n)]
+                residual = mean_residuals[s] if mean_residuals else None
+                mean = await timer.work("sum", _weighted_mean, codec, ordered, mine.numel(), residual, me)
+                await self._put((round_id, GATHER, me, me, s), 0.0, mean)
+                head = swarm_pb2.AllReducePart(round_id=round_id, phase=GATHER, part=me, sender=me, segment=s)
+                for box in gather_boxes.values():
+                    box.put_nowait((head, mean))
+            timer.mark("last_inputs")
+            for box in gather_boxes.values():
+                box.put_nowait(None)
+
+        async def decode_means():
+            waiting = {(round_id, GATHER, j, j, s) for j in range(n) for s in range(len(outs[j]))}
+            while waiting:
+                for key, (_, data) in (await self._wait(waiting, deadline, any_of=True)).items():
+                    await timer.work("decode", compression.decode_into, data, outs[key[2]][key[4]])
+                    waiting.discard(key)
+            timer.mark("last_mean")
+
+        # In the order their errors are reported: a member whose slice never reached this one is
+        # the cause; the means that then never come, and sends it never took, are its effects.
+        tasks = [asyncio.create_task(reduce_mine())]
+        for j in reduce_boxes:
+            tasks.append(asyncio.create_task(self._sender(j, members[j], reduce_boxes[j], deadline)))
+            tasks.append(asyncio.create_task(self._sender(j, members[j], gather_boxes[j], deadline)))
+        tasks += [asyncio.create_task(decode_means()), asyncio.create_task(encode_parts())]
         try:
-            sends = []
-            for j, part in enumerate(slices):
-                head = swarm_pb2.AllReducePart(
-                    round_id=round_id, phase=REDUCE, part=j, sender=me, weight=weight
-                )
-                if feedback is not None:
-                    data = _encode_keeping_error(codec, part, residuals[j])
-                else:
-                    data = compression.encode(codec, part)
-                if j == me:  # through the same codec as everyone's, so no member is favoured
-                    await self._put((round_id, REDUCE, me, me), weight, data)
-                else:
-                    sends.append((j, members[j], head, data))
-            clock.lap("encode")
-            sending.append(asyncio.create_task(self._send_all(sends, deadline)))
-            keys = {(round_id, REDUCE, me, i) for i in range(n)}
-            inputs = await self._receive_while_sending(keys, deadline, sending)
-            clock.lap("reduce_wait")
-            # Float32 sums in member order. (Float64 sums, cast back, made this the slowest local step
-            # of a float32 round: 4.5 s of 56 s under the emulated WAN at N = 2.)
-            total, weights = None, 0.0
-            for i in range(n):  # fixed order: the owner's arithmetic does not depend on arrival order
-                w, data = inputs[(round_id, REDUCE, me, i)]
-                values = compression.decode(data)  # float32 parts: a view of the received bytes
-                if values.numel() != slices[me].numel():
-                    raise ValueError(
-                        f"member {i} sent {values.numel()} values for slice {me} of {slices[me].numel()}"
-                    )
-                total = values * w if total is None else total.add_(values, alpha=w)
-                weights += w
-            total.div_(weights)
-            if feedback is not None:
-                mean = _encode_keeping_error(codec, total.add_(feedback.mean), feedback.mean)
-            else:
-                mean = compression.encode(codec, total)
-            clock.lap("sum")
-            await self._put((round_id, GATHER, me, me), 0.0, mean)
-            head = swarm_pb2.AllReducePart(round_id=round_id, phase=GATHER, part=me, sender=me)
-            gathers = [(j, members[j], head, mean) for j in range(n) if j != me]
-            sending.append(asyncio.create_task(self._send_all(gathers, deadline)))
-            keys = {(round_id, GATHER, j, j) for j in range(n)}
-            outputs = await self._receive_while_sending(keys, deadline, sending)
-            clock.lap("gather_wait")
-            result = torch.empty(vector.numel())
-            for j, out in enumerate(torch.tensor_split(result, n)):
-                compression.decode_into(outputs[(round_id, GATHER, j, j)][1], out)
-            clock.lap("decode")
-            await asyncio.gather(*sending)  # every member must have got this member's parts
-            clock.lap("send_tail")
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(isinstance(t.exception(), AllReduceError) for t in done):
+                await asyncio.wait(tasks, timeout=1.0)  # the others' waits end at the same deadline
+            for task in tasks:
+                if task.done() and task.exception() is not None:
+                    raise task.exception()
+            timer.mark("sends_acknowledged")
             return result
         except BaseException:
             if feedback is not None:  # the residuals now belong to a round that did not happen
                 feedback.reset()
             raise
         finally:
-            for task in sending:
+            for task in tasks:
                 task.cancel()
             async with self._arrived:
                 for key in [k for k in self._inbox if k[0] == round_id]:
@@ -374,17 +400,59 @@ class AllReduce:
                 for key in [k for k in self._partial if k[0] == round_id]:
                     del self._partial[key]
 
-    async def _receive_while_sending(self, keys: set, deadline: float, sending: list) -> dict:
-        """`_wait` for `keys`, failing as soon as one of this member's sends has failed."""
-        waiting = asyncio.create_task(self._wait(keys, deadline))
-        try:
-            while True:
-                pending = [t for t in sending if not t.done()]
-                await asyncio.wait([waiting, *pending], return_when=asyncio.FIRST_COMPLETED)
-                for t in sending:
-                    if t.done() and t.exception() is not None:
-                        raise t.exception()
-                if waiting.done():
-                    return waiting.result()
-        finally:
-            waiting.cancel()
+
+def _key(msg: swarm_pb2.AllReducePart) -> tuple[str, int, int, int, int]:
+    return (msg.round_id, msg.phase, msg.part, msg.sender, msg.segment)
+
+
+def _segments(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A slice's segments: as few as SEGMENT_VALUES allows, of near-equal sizes. Every member cuts a
+    slice of the same length the same way."""
+    return torch.tensor_split(t, max(1, -(-t.numel() // SEGMENT_VALUES)))
+
+
+def _encode(codec: str, values: torch.Tensor, residual: torch.Tensor | None) -> bytes | bytearray:
+    """Encode `values`; with a residual, add it first and leave in it what the encoding lost."""
+    if residual is None:
+        return compression.encode(codec, values)
+    values = values + residual
+    data = compression.encode(codec, values)
+    compression.decode_into(data, residual)
+    residual.sub_(values).neg_()
+    return data
+
+
+def _weighted_mean(codec, inputs, numel: int, residual: torch.Tensor | None, me: int) -> bytes | bytearray:
+    """The owner's encoded weighted mean of one segment, summed in float32 in member order (so the
+    arithmetic does not depend on arrival order; float64 sums, cast back, once made this the slowest
+    local step of a float32 round)."""
+    total, weights = None, 0.0
+    for i, (w, data) in enumerate(inputs):
+        values = compression.decode(data)  # float32 parts: a view of the received bytes
+        if values.numel() != numel:
+            raise ValueError(
+                f"member {i} sent {values.numel()} values for a segment of slice {me} of {numel}"
+            )
+        total = values * w if total is None else total.add_(values, alpha=w)
+        weights += w
+    return _encode(codec, total.div_(weights), residual)
+
+
+class _Timer:
+    """Where a round's time goes, for benchmarks and logs (`AllReduce.last_phases`): seconds of codec
+    work per kind (encode, sum, decode; in a worker thread, overlapping the wire), and the moments,
+    from the round's start, when it got its first and last slice inputs, its last mean, and the
+    acknowledgment of its last send."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    async def work(self, kind: str, fn, *args):
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(fn, *args)
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - t0
+        return out
+
+    def mark(self, moment: str) -> None:
+        self.seconds[moment] = time.perf_counter() - self._start

@@ -436,7 +436,7 @@ class WeightChunk(_message.Message):
     def __init__(self, policy_version: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class AllReducePart(_message.Message):
-    __slots__ = ("round_id", "phase", "part", "sender", "weight", "offset", "total_bytes", "data")
+    __slots__ = ("round_id", "phase", "part", "sender", "weight", "offset", "total_bytes", "data", "segment")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     PART_FIELD_NUMBER: _ClassVar[int]
@@ -445,6 +445,7 @@ class AllReducePart(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
     round_id: str
     phase: int
     part: int
@@ -453,7 +454,8 @@ class AllReducePart(_message.Message):
     offset: int
     total_bytes: int
     data: bytes
-    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[int] = ..., part: _Optional[int] = ..., sender: _Optional[int] = ..., weight: _Optional[float] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    segment: int
+    def __init__(self, round_id: _Optional[str] = ..., phase: _Optional[int] = ..., part: _Optional[int] = ..., sender: _Optional[int] = ..., weight: _Optional[float] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ..., segment: _Optional[int] = ...) -> None: ...
 
 class AllReduceAck(_message.Message):
     __slots__ = ("error",)
