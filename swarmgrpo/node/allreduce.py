@@ -99,9 +99,17 @@ class AllReduceError(RuntimeError):
 
 class AllReduce:
     def __init__(
-        self, host: PeerHost, timeout: float = 120.0, chunk_bytes: int = 1 << 20, streams: int = STREAMS
+        self,
+        host: PeerHost,
+        timeout: float = 120.0,
+        chunk_bytes: int = 1 << 20,
+        streams: int = STREAMS,
+        segment_values: int = SEGMENT_VALUES,
     ):
+        """`segment_values` must be the same on every member of a round (it fixes the segments'
+        bounds); tests shrink it to run the pipeline on small vectors."""
         self.host, self.timeout, self.chunk_bytes, self.streams = host, timeout, chunk_bytes, streams
+        self.segment_values = segment_values
         self.last_bytes_sent = 0
         self.last_phases: dict[str, float] = {}  # seconds per phase of the last round (see `_run`)
         # arrived segments: (round, phase, part, sender, segment) -> (weight, bytes, arrival time)
@@ -320,13 +328,17 @@ class AllReduce:
             feedback = None  # nothing is lost
         if feedback is not None:
             feedback.prepare(n, me, vector.numel())
-        parts = [_segments(s) for s in torch.tensor_split(vector, n)]
+
+        def segments(t: torch.Tensor) -> tuple[torch.Tensor, ...]:  # cut the same way on every member
+            return torch.tensor_split(t, max(1, -(-t.numel() // self.segment_values)))
+
+        parts = [segments(s) for s in torch.tensor_split(vector, n)]
         result = torch.empty(vector.numel())
-        outs = [_segments(s) for s in torch.tensor_split(result, n)]
+        outs = [segments(s) for s in torch.tensor_split(result, n)]
         sent_residuals = mean_residuals = None
         if feedback is not None:
-            sent_residuals = [_segments(s) for s in torch.tensor_split(feedback.sent, n)]
-            mean_residuals = _segments(feedback.mean)
+            sent_residuals = [segments(s) for s in torch.tensor_split(feedback.sent, n)]
+            mean_residuals = segments(feedback.mean)
         reduce_boxes = {j: asyncio.Queue() for j in range(n) if j != me}
         gather_boxes = {j: asyncio.Queue() for j in range(n) if j != me}
 
@@ -403,12 +415,6 @@ class AllReduce:
 
 def _key(msg: swarm_pb2.AllReducePart) -> tuple[str, int, int, int, int]:
     return (msg.round_id, msg.phase, msg.part, msg.sender, msg.segment)
-
-
-def _segments(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """A slice's segments: as few as SEGMENT_VALUES allows, of near-equal sizes. Every member cuts a
-    slice of the same length the same way."""
-    return torch.tensor_split(t, max(1, -(-t.numel() // SEGMENT_VALUES)))
 
 
 def _encode(codec: str, values: torch.Tensor, residual: torch.Tensor | None) -> bytes | bytearray:
