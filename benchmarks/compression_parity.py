@@ -78,10 +78,9 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def run(args, compression: str, seed: int) -> list[float]:
-    """One seeded run; returns the mean reward of every step."""
-    torch.manual_seed(seed)
-    cfg = TrainConfig(
+def run_config(args, seed: int, compression: str = "none") -> TrainConfig:
+    """The parity run's config (also replayed by ef_under_adam.py): tiny model, uppercase task."""
+    return TrainConfig(
         model="tiny",
         task=TaskConfig(name="uppercase", reward_weights={"correctness": 1.0}),
         seed=seed,
@@ -90,8 +89,14 @@ def run(args, compression: str, seed: int) -> list[float]:
         max_completion_length=args.max_completion_length,
         learning_rate=args.learning_rate,
         grad_compression=compression,
-        powersgd_rank=args.rank,
+        powersgd_rank=getattr(args, "rank", 1),
     )
+
+
+def run(args, compression: str, seed: int) -> list[float]:
+    """One seeded run; returns the mean reward of every step."""
+    torch.manual_seed(seed)
+    cfg = run_config(args, seed, compression)
     task = make_task(cfg.task)
     replicas = [load_model("tiny", seed=seed) for _ in range(args.workers)]
     tokenizer = replicas[0][1]

@@ -33,6 +33,7 @@ import statistics
 import sys
 
 import torch
+from compression_parity import run_config  # benchmarks/, beside this script
 
 from swarmgrpo.node import compression
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
@@ -41,7 +42,6 @@ from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.step import GRPOStep
 from swarmgrpo.trainer.tasks import make_task
-from swarmgrpo.trainer.tasks.config import TaskConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,15 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def record_gradients(args, seed: int) -> tuple[list[torch.Tensor], TrainConfig]:
     """The clipped gradient (flat, float32) of every step of one seeded float32 run."""
     torch.manual_seed(seed)
-    cfg = TrainConfig(
-        model="tiny",
-        task=TaskConfig(name="uppercase", reward_weights={"correctness": 1.0}),
-        seed=seed,
-        num_generations=args.num_generations,
-        generation_batch_size=args.prompts * args.num_generations,
-        max_completion_length=args.max_completion_length,
-        learning_rate=args.learning_rate,
-    )
+    cfg = run_config(args, seed)
     model, tokenizer = load_model("tiny", seed=seed)
     task = make_task(cfg.task)
     step = GRPOStep(model, cfg, tokenizer.pad_token_id)
