@@ -228,6 +228,9 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
                     "bytes_busiest": max(r["allreduce_bytes"] for r in rounds),
                     "seconds": statistics.median(r["allreduce_s"] for r in rounds),
                     "failed_rounds": len(failed),
+                    # streams reset before their acknowledgment, whose ranges went again (codecs only)
+                    "resent": sum(r.get("allreduce_resent", 0) for r in rounds),
+                    "streams": sum(r.get("allreduce_streams", 0) for r in rounds),
                     # medians per phase of the all-reduce (codecs only; see AllReduce.last_phases)
                     "phases": {
                         k[len("allreduce_") : -len("_s")]: statistics.median(r[k] for r in rounds)
@@ -243,7 +246,12 @@ def _measure(args, sizes, compressions, procs, infos) -> list[dict]:
             print(
                 f"N={n} {rows[-1]['compression']:12} {rows[-1]['bytes_per_peer'] / 1e6:10.3f} MB "
                 f"{rows[-1]['seconds']:8.2f} s  "
-                + " ".join(f"{k} {v:.2f}" for k, v in rows[-1]["phases"].items()),
+                + " ".join(f"{k} {v:.2f}" for k, v in rows[-1]["phases"].items())
+                + (
+                    f"  resent {rows[-1]['resent']:.0f} of {rows[-1]['streams']:.0f} streams"
+                    if rows[-1]["streams"]
+                    else ""
+                ),
                 flush=True,
             )
     return rows

@@ -56,7 +56,8 @@ class GradientAverager:
 
     def average(self, round_id: str, members: Sequence[Member], me: int, weight: float) -> dict[str, float]:
         """Replace every parameter's `.grad` by the members' weighted mean; returns bytes sent and seconds
-        (in all, and per phase of the all-reduce for the codecs)."""
+        (in all, and per phase of the all-reduce for the codecs, with the streams opened and the
+        byte ranges sent again)."""
         t0 = time.perf_counter()
         phases: dict[str, float] = {}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
@@ -74,6 +75,8 @@ class GradientAverager:
                 offset += p.numel()
             sent = self.reducer.last_bytes_sent
             phases = {f"allreduce_{k}_s": v for k, v in self.reducer.last_phases.items()}
+            phases["allreduce_streams"] = float(self.reducer.last_streams)
+            phases["allreduce_resent"] = float(self.reducer.last_resent)  # byte ranges sent again
         with torch.no_grad():
             for p, g in zip(self.params, averaged, strict=True):
                 if p.grad is None:
