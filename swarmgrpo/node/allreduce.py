@@ -13,9 +13,9 @@ which the coordinator checks by weight hash.
 Slices travel in segments (SEGMENT_VALUES values, each encoded on its own), and the round is a
 pipeline over them: a member encodes segment s + 1 while segment s is on the wire, an owner sums
 segment s and sends its mean while later segments still arrive, and means are decoded as they come.
-Done one phase after the other, a member's link idled while it encoded, while the slowest owner
-summed, and between the two phases; pipelined, the link stays busy and the codec work hides behind
-it (README, "all-reduce bytes and seconds").
+When the two phases ran one after the other over whole slices, a member's link idled while it
+encoded, while the slowest owner summed, and between the phases; pipelined, the link stays busy and
+the codec work hides behind it (README, "all-reduce bytes and seconds").
 
 Why not hivemind's `DecentralizedAverager`: its all-reduce returns each peer `averaged − local`
 (compressed), which each peer adds to its own local vector. Under compression, and even in plain
