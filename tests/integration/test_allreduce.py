@@ -210,6 +210,41 @@ def test_a_range_sent_twice_is_placed_once():
         host.close()
 
 
+def test_a_failed_stream_sends_only_its_range_again():
+    """A part goes over parallel streams, one byte range each; when one stream fails (here the
+    receiver refuses its first delivery of the second range), the sender sends that range again,
+    not the part, and the receiver ends with the part whole."""
+    receiver_host, sender_host = PeerHost(), PeerHost()
+    receiver, sender = AllReduce(receiver_host, timeout=10), AllReduce(sender_host, timeout=10)
+    to_receiver = Member(receiver_host.peer_id, tuple(receiver_host.addrs))
+    data = bytes(torch.randint(0, 256, (6 * MIN_STREAM_BYTES,), dtype=torch.uint8).numpy())
+    head = swarm_pb2.AllReducePart(round_id="flaky", phase=0, part=0, sender=1, weight=1.0)
+    key = ("flaky", 0, 0, 1, 0)
+    second = len(data) // sender.streams  # where the second stream's range starts
+    placed, original = [], receiver._piece
+
+    async def piece(k, weight, offset, length):
+        placed.append(offset)
+        if offset == second and placed.count(second) == 1:
+            raise ConnectionResetError("dropped once by the test")
+        await original(k, weight, offset, length)
+
+    receiver._piece = piece
+    try:
+        sender_host.call(sender._send(to_receiver, head, data, time.monotonic() + 10, index=0))
+        _, got = receiver_host.call(receiver._wait({key}, time.monotonic() + 5))[key]
+        assert bytes(got) == data
+        assert sender.last_resent == 1 and sender.last_streams == sender.streams + 1
+        assert sorted(placed) == sorted(
+            [len(data) * i // sender.streams for i in range(sender.streams)] + [second]
+        )
+    finally:
+        sender.close(linger=0)
+        receiver.close(linger=0)
+        receiver_host.close()
+        sender_host.close()
+
+
 def test_a_closing_member_still_takes_a_late_retry_then_stops():
     """A member ends its round once it has every part it needs, while another may be retrying a
     send whose data arrived but whose acknowledgment did not: `close` keeps the handler until no
