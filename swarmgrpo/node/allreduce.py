@@ -217,9 +217,10 @@ class AllReduce:
 
         A range whose stream fails is sent again until `deadline` (without one: tried once): a
         member may not have registered its handler yet (it is still loading its model), a dial may
-        fail once, and under load a stream is now and then closed before its acknowledgment (0.1-0.6% of
-        streams in the emulated-WAN benchmark, which counts them). The receiver places ranges by offset, so only
-        the failed range travels again. A dead member fails every try."""
+        fail once, and under load a stream is now and then closed before its acknowledgment
+        (0.1-0.6% of streams in the emulated-WAN benchmark, which counts them). The receiver
+        places ranges by offset, so only the failed range travels again. A dead member fails
+        every try."""
         peer = PeerID.from_base58(member.peer_id)
         view = memoryview(data)  # bytes or bytearray; each chunk is copied once, into its message
 

@@ -49,7 +49,8 @@ class TrainConfig:
 
     grad_compression: str = "none"
     """How gradient workers of a step average their gradients over the network: none (float32),
-    fp16 (block-scaled), int8 (block-scaled 8-bit), fp8 (block-scaled float8 e4m3), uint8 (hivemind's 8-bit), or powersgd (rank `powersgd_rank`, fp16 factors).
+    fp16 (block-scaled), int8 (block-scaled 8-bit), fp8 (block-scaled float8 e4m3), uint8 (hivemind's
+    8-bit), or powersgd (rank `powersgd_rank`, fp16 factors).
     For 8 bits use fp8: int8 sends a block's small values as 0, error feedback delivers them later in
     lumps, and AdamW, which scales each element by its recent magnitude, then moves the weights 13%
     away from where float32 does (fp8: 2%; benchmarks/ef_under_adam.py) and learns worse."""
