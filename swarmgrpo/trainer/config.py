@@ -14,6 +14,7 @@ from swarmgrpo.trainer.tasks.config import TaskConfig
 GRAD_COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
 ENGINES = ("auto", "vllm", "transformers")
+FP8_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -25,6 +26,12 @@ class TrainConfig:
 
     dtype: str = "float32"
     """Compute dtype: "float32", or "bfloat16" (autocast; master weights and optimizer state stay fp32)."""
+
+    fp8: str = "auto"
+    """FP8 training products (DeepSeek-V3's tiles; `trainer/fp8.py`) for every linear layer but the
+    head: "auto" uses them where the model sits on a GPU that multiplies FP8 (compute capability
+    >= 8.9), so a volunteer changes nothing; "on" uses them on any device (on CPU they run as slow
+    128-wide slices: for tests); "off" never."""
 
     engine: str = "auto"
     """Rollout engine: "vllm", "transformers", or "auto" (vLLM where it imports and supports the
@@ -168,6 +175,8 @@ class TrainConfig:
             raise ConfigError("powersgd_rank", f"must be >= 1, got {self.powersgd_rank}", "use 1, 2 or 4")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"unknown dtype '{self.dtype}'", f"choose one of: {', '.join(DTYPES)}")
+        if self.fp8 not in FP8_MODES:
+            raise ConfigError("fp8", f"unknown mode '{self.fp8}'", f"choose one of: {', '.join(FP8_MODES)}")
         if self.engine not in ENGINES:
             raise ConfigError(
                 "engine", f"unknown engine '{self.engine}'", f"choose one of: {', '.join(ENGINES)}"

@@ -18,20 +18,36 @@ by at most u = 2^-4 of itself, or, below e4m3's smallest normal (2^-6 after scal
 elementwise, whatever the data; on Gaussian data the relative Frobenius error is ~0.04 (bf16's is
 ~0.003), measured in `tests/unit/test_fp8.py`.
 
-`quantize` and `emulated_matmul` are the reference: they round exactly as the FP8 kernels do and
-multiply in float32, on any device, so the numerics are tested where there is no FP8 hardware (CI).
-A GPU kernel for capable devices (compute capability >= 8.9) plugs in as another `backend` and is
-checked against this reference; none is shipped yet (see the README's status of issue 5).
+Two backends compute the same products (`BACKENDS`):
+
+- `emulated`, the reference: `quantize` and `emulated_matmul` round exactly as the FP8 kernels do and
+  multiply in float32 on any device, so the numerics are tested where there is no FP8 hardware (CI);
+- `scaled_mm`: real e4m3 operands through PyTorch's scaled matmul. On Hopper (compute capability 9.0)
+  one call takes the tiles as they are (`BlockWise1x128` / `BlockWise128x128` scales). Elsewhere
+  (CPU, Ada, Blackwell) the contraction runs in 128-wide slices, each a row-wise scaled matmul whose
+  row and column scales are that slice's tile scales, summed in float32. Both give the reference's
+  result up to the order of float32 sums; on Ada and Blackwell, whose row-wise kernels return bf16
+  only, each slice's sum is also rounded to bf16 (2^-9 of it, next to FP8's 2^-3 bound). The tests
+  compare the backends on CPU; the `gpu` tests check the CUDA paths against the reference. On CPU the
+  slices are slower than plain matmuls: that path is for tests, a CPU trainer keeps its float32 or
+  bf16 linears (`TrainConfig.fp8 = "auto"`).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 TILE = 128
 E4M3_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 UNIT_ROUNDOFF = 2.0**-4  # relative rounding error of a normal e4m3 value
 SUBNORMAL_STEP = 2.0**-9  # spacing of e4m3's subnormals, in units of the tile's scale
+BACKENDS = ("emulated", "scaled_mm")
+BLOCKWISE_CAPABILITY = (9, 0)  # PyTorch's BlockWise1x128 / 128x128 scaled matmul runs on Hopper only
 
 
 def _tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -70,47 +86,154 @@ def emulated_matmul(a: torch.Tensor, a_tile: tuple[int, int], b: torch.Tensor, b
     return fake_quantize(a, *a_tile) @ fake_quantize(b, *b_tile)
 
 
+def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    return F.pad(x, (0, -x.shape[1] % cols, 0, -x.shape[0] % rows))
+
+
+def _slice_dtype(device: torch.device) -> torch.dtype:
+    """What a row-wise scaled matmul may return: float32 on CPU and Hopper; bf16 on other GPUs, whose
+    kernels take no other (each slice's sum is then rounded to bf16 before the float32 total)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) != BLOCKWISE_CAPABILITY:
+        return torch.bfloat16
+    return torch.float32
+
+
+def _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
+    """sum over 128-wide slices k of (qa[:, k] · sa[:, k]) @ (qbt[:, k] · sbt[:, k]).T, each slice one
+    row-wise scaled matmul (scales per row of a, per row of bt), summed in float32."""
+    out_dtype = _slice_dtype(qa.device)
+    out = None
+    for k in range(sa.shape[1]):
+        cols = slice(k * TILE, (k + 1) * TILE)
+        scale_bt = sbt[:, k].repeat_interleave(bt_rows)[: qbt.shape[0]]
+        part = torch._scaled_mm(
+            qa[:, cols],
+            qbt[:, cols].t(),  # column-major, as the kernels want their second operand
+            scale_a=sa[:, k : k + 1].contiguous(),
+            scale_b=scale_bt[None, :].contiguous(),
+            out_dtype=out_dtype,
+        ).float()
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _blockwise_scaled_mm(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
+    """One Hopper scaled matmul with the tiles as they are: 1×128 scales outer-dim-major, 128×128
+    scales transposed with their contraction blocks padded to a multiple of 4."""
+    recipe_b = F.ScalingType.BlockWise128x128 if bt_rows == TILE else F.ScalingType.BlockWise1x128
+    if bt_rows == TILE:
+        scale_b = F.pad(sbt, (0, -sbt.shape[1] % 4)).t()
+    else:
+        scale_b = sbt.t().contiguous().t()
+    return F.scaled_mm(
+        qa,
+        qbt.t(),
+        sa.t().contiguous().t(),
+        F.ScalingType.BlockWise1x128,
+        scale_b,
+        recipe_b,
+        output_dtype=torch.float32,
+    )
+
+
+_blockwise_failed = False  # set once a device refused the one-call path; the slices are used after
+
+
+def _uses_blockwise(device: torch.device) -> bool:
+    return (
+        device.type == "cuda"
+        and not _blockwise_failed
+        and torch.cuda.get_device_capability(device) == BLOCKWISE_CAPABILITY
+    )
+
+
+def scaled_matmul(a: torch.Tensor, bt: torch.Tensor, bt_rows: int) -> torch.Tensor:
+    """a @ bt.T in FP8 through PyTorch's scaled matmul, float32 out. Both operands are contracted along
+    their last dimension: a [R, C] in 1×128 tiles, bt [S, C] in bt_rows×128 tiles (128: weight blocks;
+    1: activations contracted over tokens). Equals `emulated_matmul(a, (1, 128), bt.T, (128, bt_rows))`
+    up to the order of float32 sums."""
+    global _blockwise_failed
+    r, s = a.shape[0], bt.shape[0]
+    # Zero padding leaves every tile's scale and every sum as it was; the kernels want dimensions in
+    # multiples of 16 (of 128 for the one-call path).
+    align = TILE if _uses_blockwise(a.device) else 16
+    qa, sa = quantize(_pad(a, align, TILE), 1, TILE)
+    qbt, sbt = quantize(_pad(bt, align, TILE), bt_rows, TILE)
+    if _uses_blockwise(a.device):
+        try:
+            return _blockwise_scaled_mm(qa, sa, qbt, sbt, bt_rows)[:r, :s]
+        except RuntimeError as e:  # a driver or cuBLAS without block scaling: slower, same numbers
+            _blockwise_failed = True
+            log.warning("FP8: the one-call block-scaled matmul failed (%s); using 128-wide slices", e)
+    return _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows)[:r, :s]
+
+
+def _matmul(backend: str, a: torch.Tensor, bt: torch.Tensor, bt_rows: int) -> torch.Tensor:
+    """a @ bt.T, a in 1×128 tiles and bt in bt_rows×128 tiles, by `backend`."""
+    if backend == "scaled_mm":
+        return scaled_matmul(a, bt, bt_rows)
+    return emulated_matmul(a, (1, TILE), bt.t(), (TILE, bt_rows))
+
+
 class _FP8Linear(torch.autograd.Function):
-    """y = x @ w.T with DeepSeek-V3's tiles in forward and in both backward products (emulated)."""
+    """y = x @ w.T with DeepSeek-V3's tiles in forward and in both backward products."""
 
     @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:
         ctx.save_for_backward(x2d, weight)
-        # x: 1×128 along K; w: 128×128 blocks (w.T's tiles are the transposed blocks).
-        y = emulated_matmul(x2d, (1, TILE), weight.t(), (TILE, TILE))
-        return y.to(x2d.dtype)
+        ctx.backend = backend
+        # x: 1×128 along K; w: 128×128 blocks.
+        return _matmul(backend, x2d, weight, TILE).to(x2d.dtype)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x2d, weight = ctx.saved_tensors
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:  # dy: 1×128 along M; w: its 128×128 blocks
-            grad_x = emulated_matmul(grad_y, (1, TILE), weight, (TILE, TILE)).to(x2d.dtype)
-        if ctx.needs_input_grad[1]:  # contracted over tokens: dy.T and x in tiles of 128 tokens
-            grad_w = emulated_matmul(grad_y.t(), (1, TILE), x2d, (TILE, 1)).to(weight.dtype)
-        return grad_x, grad_w
+        if ctx.needs_input_grad[0]:  # dy: 1×128 along M; w.T: w's 128×128 blocks, transposed
+            grad_x = _matmul(ctx.backend, grad_y, weight.t(), TILE).to(x2d.dtype)
+        if ctx.needs_input_grad[1]:  # contracted over tokens: dy.T and x.T in tiles of 128 tokens
+            grad_w = _matmul(ctx.backend, grad_y.t(), x2d.t(), 1).to(weight.dtype)
+        return grad_x, grad_w, None
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` with FP8 products (emulated); x [..., K], weight [M, K]."""
-    y = _FP8Linear.apply(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
+def fp8_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "emulated"
+) -> torch.Tensor:
+    """`F.linear` with FP8 products; x [..., K], weight [M, K]; `backend` one of `BACKENDS`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown FP8 backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    y = _FP8Linear.apply(x.reshape(-1, x.shape[-1]), weight, backend).view(*x.shape[:-1], weight.shape[0])
     return y + bias if bias is not None else y
 
 
 class FP8Linear(torch.nn.Linear):
     """A `torch.nn.Linear` whose products run in FP8 (see the module docstring)."""
 
+    fp8_backend = "emulated"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias)
+        return fp8_linear(x, self.weight, self.bias, self.fp8_backend)
 
 
-def use_fp8_linears(model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> int:
+def use_fp8_linears(
+    model: torch.nn.Module, skip: tuple[str, ...] = ("lm_head",), backend: str = "emulated"
+) -> int:
     """Turn the model's `nn.Linear` layers into `FP8Linear` in place (same parameters), except those
     whose name ends with one of `skip` (the head stays in high precision, as in DeepSeek-V3).
     Returns how many changed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown FP8 backend '{backend}': choose one of {', '.join(BACKENDS)}")
     changed = 0
     for name, module in model.named_modules():
         if type(module) is torch.nn.Linear and not name.endswith(skip):
             module.__class__ = FP8Linear
+            module.fp8_backend = backend
             changed += 1
     return changed
+
+
+def fp8_capable(device: torch.device) -> bool:
+    """Whether `device` multiplies e4m3 in hardware (compute capability >= 8.9)."""
+    from swarmgrpo.node.hardware import FP8_MIN_CAPABILITY
+
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY

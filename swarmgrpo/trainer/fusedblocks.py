@@ -103,7 +103,7 @@ def _norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not _fast_path():
+    if not _fast_path() or not _is_swiglu(self):  # e.g. its linears turned FP8 since
         return self._plain_forward(x)
     return _SwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
 
@@ -156,7 +156,7 @@ def _is_rmsnorm(module: torch.nn.Module) -> bool:
 
 def _is_swiglu(module: torch.nn.Module) -> bool:
     projs = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    return all(isinstance(p, torch.nn.Linear) and p.bias is None for p in projs)
+    return all(type(p) is torch.nn.Linear and p.bias is None for p in projs)  # not FP8Linear
 
 
 def fuse_blocks(model: torch.nn.Module) -> int:

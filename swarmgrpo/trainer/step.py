@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from swarmgrpo.trainer.config import TrainConfig
+from swarmgrpo.trainer.fp8 import fp8_capable, use_fp8_linears
 from swarmgrpo.trainer.fusedblocks import fuse_blocks
 from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, grpo_loss, token_logprobs
 from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head
@@ -41,6 +42,10 @@ class GRPOStep:
         if cfg.beta > 0 and ref_model is None:
             raise ValueError("beta > 0 needs a reference model")
         self.model = model
+        device = next(model.parameters()).device
+        self.fp8 = cfg.fp8 == "on" or (cfg.fp8 == "auto" and fp8_capable(device))
+        if self.fp8:  # before fuse_blocks, which leaves an MLP of FP8 linears to them
+            use_fp8_linears(model, backend="scaled_mm")
         release_large_frees()  # freed activations leave the process (see heap)
         fuse_blocks(model)  # RMSNorm, MLP and attention that keep fewer activations (see fusedblocks)
         self.cfg = cfg

@@ -53,6 +53,7 @@ def test_int_accepted_where_float_expected():
         ("generation_batch_size=30", "generation_batch_size", "not divisible by num_generations=8"),
         ("num_generations=1", "num_generations", "at least 2"),
         ("dtype=float16", "dtype", "choose one of: float32, bfloat16"),
+        ("fp8=yes", "fp8", "choose one of: auto, on, off"),
         ("loss_type=ppo", "loss_type", "choose one of"),
         ("advantage_estimator=rloo", "advantage_estimator", "choose one of"),
         ("epsilon_high=0.1", "epsilon_high", "unset it or raise it"),

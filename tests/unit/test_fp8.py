@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from swarmgrpo.trainer import fp8 as fp8_module
 from swarmgrpo.trainer.fp8 import (
+    BLOCKWISE_CAPABILITY,
     E4M3_MAX,
     TILE,
     UNIT_ROUNDOFF,
@@ -11,7 +13,9 @@ from swarmgrpo.trainer.fp8 import (
     dequantize,
     emulated_matmul,
     fake_quantize,
+    fp8_linear,
     quantize,
+    scaled_matmul,
     use_fp8_linears,
 )
 
@@ -123,3 +127,72 @@ def test_a_model_s_linears_turn_fp8_except_the_head_and_its_loss_stays_close():
     with torch.no_grad():
         fp8 = model(ids, labels=ids).loss
     assert fp8 != base and abs(fp8 - base) / base < 0.02, (fp8, base)
+
+
+def sum_order_bound(a, bt, bt_rows: int) -> torch.Tensor:
+    """Two float32 sums of the same FP8 products in different orders differ by at most 2·C·2^-24 of
+    the sum of their magnitudes, elementwise."""
+    fa, fb = fake_quantize(a, 1, TILE), fake_quantize(bt, bt_rows, TILE)
+    return 2 * a.shape[1] * 2.0**-24 * (fa.abs() @ fb.abs().t())
+
+
+# a [R, C] @ bt [S, C].T for the layer's three products: forward (x, w), input gradient (dy, w.T) and
+# weight gradient (dy.T, x.T), with ragged edges (576 = 4.5 tiles; 300 and 37 tokens).
+PRODUCTS = [(300, 576, 384, TILE), (300, 384, 576, TILE), (384, 300, 576, 1), (37, 256, 50, 1)]
+
+
+@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), PRODUCTS)
+def test_scaled_mm_backend_multiplies_real_fp8_operands_to_the_reference(r, c, s, bt_rows):
+    a = torch.randn(r, c, generator=_gen(8))
+    bt = torch.randn(s, c, generator=_gen(9)) * 0.05
+    ref = emulated_matmul(a, (1, TILE), bt.t(), (TILE, bt_rows))
+    got = scaled_matmul(a, bt, bt_rows)
+    assert got.shape == (r, s) and got.dtype == torch.float32
+    assert ((got - ref).abs() <= sum_order_bound(a, bt, bt_rows)).all()
+    assert (got - a @ bt.t()).abs().max() > 100 * (got - ref).abs().max()  # it rounded, as FP8 does
+
+
+def test_fp8_linear_on_scaled_mm_gives_the_reference_layer_and_gradients():
+    weight = torch.randn(384, 576, generator=_gen(10)) * 0.05
+    x = torch.randn(300, 576, generator=_gen(11))
+    dy = torch.randn(300, 384, generator=_gen(12))
+    grads = {}
+    for backend in fp8_module.BACKENDS:
+        xb, wb = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y = fp8_linear(xb, wb, backend=backend)
+        (y * dy).sum().backward()
+        grads[backend] = (y.detach(), xb.grad, wb.grad)
+    (y_e, gx_e, gw_e), (y_s, gx_s, gw_s) = grads["emulated"], grads["scaled_mm"]
+    assert ((y_s - y_e).abs() <= sum_order_bound(x, weight, TILE)).all()
+    assert ((gx_s - gx_e).abs() <= sum_order_bound(dy, weight.t(), TILE)).all()
+    assert ((gw_s - gw_e).abs() <= sum_order_bound(dy.t(), x.t(), 1)).all()
+
+
+def test_an_unknown_backend_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown FP8 backend 'cublas': choose one of emulated, scaled_mm"):
+        fp8_linear(torch.ones(2, 4), torch.ones(3, 4), backend="cublas")
+    with pytest.raises(ValueError, match="choose one of"):
+        use_fp8_linears(torch.nn.Linear(4, 4), backend="te")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), PRODUCTS + [(4096, 4096, 11008, TILE)])
+def test_on_a_gpu_scaled_mm_gives_the_reference(r, c, s, bt_rows):
+    """The CUDA path: one block-scaled call on Hopper, 128-wide row-wise slices on Ada and Blackwell."""
+    device = torch.device("cuda")
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("this GPU has no FP8 matmul")
+    a = torch.randn(r, c, device=device)
+    bt = torch.randn(s, c, device=device) * 0.05
+    ref = emulated_matmul(a, (1, TILE), bt.t(), (TILE, bt_rows))
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference's products in full float32
+    got = scaled_matmul(a, bt, bt_rows)
+    # Beyond the sum-order bound: Hopper's FP8 tensor cores accumulate with fewer bits than float32
+    # between promotions (DeepSeek-V3), allowed 2^-12 of the magnitudes; elsewhere each 128-wide
+    # slice comes back rounded to bf16, 2^-9 of them.
+    extra = 2.0**-12 if torch.cuda.get_device_capability() == BLOCKWISE_CAPABILITY else 2.0**-9
+    magnitudes = fake_quantize(a, 1, TILE).abs() @ fake_quantize(bt, bt_rows, TILE).abs().t()
+    bound = sum_order_bound(a, bt, bt_rows) + extra * magnitudes
+    assert ((got - ref).abs() <= bound).all()
+    if torch.cuda.get_device_capability() == BLOCKWISE_CAPABILITY:
+        assert not fp8_module._blockwise_failed, "Hopper should take the one-call block-scaled path"
