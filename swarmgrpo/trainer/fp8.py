@@ -120,11 +120,10 @@ def _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
 def _blockwise_scaled_mm(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
     """One Hopper scaled matmul with the tiles as they are: 1×128 scales outer-dim-major, 128×128
     scales transposed with their contraction blocks padded to a multiple of 4."""
-    recipe_b = F.ScalingType.BlockWise128x128 if bt_rows == TILE else F.ScalingType.BlockWise1x128
-    if bt_rows == TILE:
-        scale_b = F.pad(sbt, (0, -sbt.shape[1] % 4)).t()
-    else:
-        scale_b = sbt.t().contiguous().t()
+    if bt_rows == TILE:  # weight blocks
+        recipe_b, scale_b = F.ScalingType.BlockWise128x128, F.pad(sbt, (0, -sbt.shape[1] % 4)).t()
+    else:  # activations contracted over tokens
+        recipe_b, scale_b = F.ScalingType.BlockWise1x128, sbt.t().contiguous().t()
     return F.scaled_mm(
         qa,
         qbt.t(),

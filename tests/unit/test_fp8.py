@@ -176,7 +176,7 @@ def test_an_unknown_backend_is_refused_with_the_choices():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), PRODUCTS + [(4096, 4096, 11008, TILE)])
+@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), [*PRODUCTS, (4096, 4096, 11008, TILE)])
 def test_on_a_gpu_scaled_mm_gives_the_reference(r, c, s, bt_rows):
     """The CUDA path: one block-scaled call on Hopper, 128-wide row-wise slices on Ada and Blackwell."""
     device = torch.device("cuda")
