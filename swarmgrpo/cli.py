@@ -63,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("", "auto", "vllm", "transformers"),
         help="rollout engine of this node (default: the run config's `engine`, itself auto by default)",
     )
+    p.add_argument(
+        "--weights-format",
+        default="auto",
+        choices=("auto", "bf16", "fp8"),
+        help="weights a rollout node fetches when the run ships FP8 (weights_fp8): fp8 (~0.6x the bytes), "
+        "bf16, or auto (fp8 when this node rolls out in FP8)",
+    )
     p.set_defaults(func=_node)
 
     p = sub.add_parser("demo", help="a whole network on this machine: coordinator, trainer, rollout nodes")
@@ -185,6 +192,7 @@ def _node(args) -> int:
             max_prompts=args.max_prompts,
             threads=args.threads,
             engine=args.engine,
+            weights_format=args.weights_format,
             initial_peers=args.initial_peers,
             p2p_listen=args.p2p_listen,
         )

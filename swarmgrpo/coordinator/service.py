@@ -77,8 +77,9 @@ class StepTeam:
     members: list[str]
     shards: dict[str, list[int]]  # node id -> rollout ids
     attempt: int = 0
-    reports: dict[str, tuple[str, dict]] = field(default_factory=dict)  # node id -> (hash, metrics)
-    winner: str = ""
+    # node id -> ((weight hash, FP8 weight hash or ""), metrics)
+    reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
+    winner: tuple[str, str] = ("", "")
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
@@ -172,9 +173,11 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             for n in sorted(self.store.nodes(), key=lambda n: -n["last_seen"])
             if n["policy_version"] == v and n["left_at"] is None and n["last_seen"] >= alive and n["peer_id"]
         ]
+        weight_hash, weight_hash_fp8 = self.store.version_hashes(v)
         return swarm_pb2.PolicyState(
             policy_version=v,
-            weight_hash=self.store.version_hash(v),
+            weight_hash=weight_hash,
+            weight_hash_fp8=weight_hash_fp8,
             holders=holders,
             max_staleness=self.cfg.max_staleness,
             finished=self.finished,
@@ -292,7 +295,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         the server: the last report may have come before a worker died)."""
         v = self.version
         team = self.teams.get(v)
-        if team is None or not team.reports or team.winner:
+        if team is None or not team.reports or team.winner[0]:
             return
         alive = time.time() - 3 * self.cfg.heartbeat_interval_s
         last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
@@ -596,7 +599,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 policy_version=v,
                 message=f"attempt {request.attempt} of step {v} was replaced by attempt {team.attempt}; re-sync",
             )
-        team.reports[node_id] = (request.weight_hash, dict(request.metrics))
+        # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
+        team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
         alive = time.time() - 3 * self.cfg.heartbeat_interval_s
         last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
         waiting = [m for m in team.members if m not in team.reports and last_seen.get(m, 0) >= alive]
@@ -612,7 +616,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def _publish(self, v: int, team: StepTeam) -> None:
         """Version v + 1 is the weights most workers reported (ties: the first in worker order);
         a worker whose hash differs is flagged and told to re-sync."""
-        counts: dict[str, int] = {}
+        counts: dict[tuple[str, str], int] = {}
         for m in team.members:
             if m in team.reports:
                 counts[team.reports[m][0]] = counts.get(team.reports[m][0], 0) + 1
@@ -622,7 +626,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         metrics = stepmetrics.combine([team.reports[m][1] for m in agreed])
         metrics["workers"] = float(len(agreed))
         with self.store.tx():
-            self.store.add_version(v + 1, winner, agreed[0], metrics)
+            self.store.add_version(v + 1, winner[0], agreed[0], metrics, weight_hash_fp8=winner[1])
             for m in agreed:
                 self.store.add_counts(m, steps=1)
                 self.store.touch_node(m, policy_version=v + 1, activity="published")
@@ -636,7 +640,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 diverged,
                 len(agreed),
             )
-        log.info("version %d published by %d worker(s) (hash %s)", v + 1, len(agreed), winner[:12])
+        log.info("version %d published by %d worker(s) (hash %s)", v + 1, len(agreed), winner[0][:12])
 
     def _step_reply(self, v: int, team: StepTeam, node_id: str) -> swarm_pb2.StepReply:
         if team.reports[node_id][0] == team.winner:

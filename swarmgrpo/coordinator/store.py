@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
 CREATE INDEX IF NOT EXISTS rollouts_unused ON rollouts (step, dropped, id);
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY, weight_hash TEXT NOT NULL, node_id TEXT NOT NULL,
-    published_at REAL NOT NULL, metrics TEXT NOT NULL
+    published_at REAL NOT NULL, metrics TEXT NOT NULL, weight_hash_fp8 TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS nonces (node_id TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL,
     PRIMARY KEY (node_id, nonce));
@@ -87,6 +87,13 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A database written before a column existed gets it, with its default (runs resume)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(versions)")}
+        if "weight_hash_fp8" not in have:
+            self.db.execute("ALTER TABLE versions ADD COLUMN weight_hash_fp8 TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         self.db.close()
@@ -309,16 +316,22 @@ class Store:
             out.append(Rollout(rid, idx, version, ids, lps, json.loads(rewards)))
         return out
 
-    def add_version(self, version: int, weight_hash: str, node_id: str, metrics: dict) -> None:
+    def add_version(
+        self, version: int, weight_hash: str, node_id: str, metrics: dict, weight_hash_fp8: str = ""
+    ) -> None:
         self.db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?)",
-            (version, weight_hash, node_id, time.time(), json.dumps(metrics)),
+            "INSERT INTO versions (version, weight_hash, node_id, published_at, metrics, weight_hash_fp8)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (version, weight_hash, node_id, time.time(), json.dumps(metrics), weight_hash_fp8),
         )
         self.set_meta("policy_version", version)
 
-    def version_hash(self, version: int) -> str:
-        row = self.db.execute("SELECT weight_hash FROM versions WHERE version = ?", (version,)).fetchone()
-        return row[0] if row else ""
+    def version_hashes(self, version: int) -> tuple[str, str]:
+        """(transfer-encoding sha256, block-FP8 sha256 or "") of a version; ("", "") if unknown."""
+        row = self.db.execute(
+            "SELECT weight_hash, weight_hash_fp8 FROM versions WHERE version = ?", (version,)
+        ).fetchone()
+        return (row[0], row[1]) if row else ("", "")
 
     def versions(self) -> list[dict]:
         rows = self.db.execute(

@@ -33,7 +33,17 @@ from swarmgrpo.node.hardware import probe
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.node.p2p_weights import P2PWeights
 from swarmgrpo.node.train_state import TrainStateServer
-from swarmgrpo.node.weights import FileWeights, WeightError, WeightTransport, encode, load_into, views
+from swarmgrpo.node.weights import (
+    FP8,
+    FileWeights,
+    WeightError,
+    WeightTransport,
+    dequantized,
+    encode,
+    load_into,
+    to_fp8,
+    views,
+)
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
@@ -65,6 +75,11 @@ class NodeOptions:
     threads: int = 0
     engine: str = ""
     """Rollout engine of this node ("auto", "vllm", "transformers"); empty = the run config's."""
+    weights_format: str = "auto"
+    """What a rollout node fetches when the run ships FP8 weights (`weights_fp8`): "fp8" (~0.6x the
+    bytes; rollouts from FP8-rounded weights, which the importance weight corrects), "bf16" (the
+    transfer encoding), or "auto": fp8 when this node's rollouts run in FP8 anyway (vLLM on an FP8
+    GPU), else bf16. Trainers always fetch the transfer encoding."""
     initial_peers: list[str] = field(default_factory=list)
     p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
@@ -217,8 +232,10 @@ class Node:
             return True
         self.activity = "syncing"
         t0 = time.perf_counter()
+        fp8 = self.role != "train" and self._wants_fp8() and bool(policy.weight_hash_fp8)
+        sha = policy.weight_hash_fp8 if fp8 else policy.weight_hash
         try:
-            data = self.transport.fetch(policy.policy_version, policy.weight_hash, policy.holders)
+            data = self.transport.fetch(policy.policy_version, sha, policy.holders, FP8 if fp8 else "")
         except WeightError as e:
             log.warning("%s; retrying", e)
             self._wait(1.0)
@@ -227,13 +244,22 @@ class Node:
         if self.role == "train":
             load_into(self.model, data)
         else:
-            self.engine.load_weights(views(data))
-        self.transport.publish(policy.policy_version, data, policy.weight_hash)  # now a holder too
+            self.engine.load_weights(dequantized(views(data)))
+        self.transport.publish(policy.policy_version, data, sha)  # now a holder too
         self.version = policy.policy_version
         log.info(
-            "synced to policy %d (%.1f MB in %.2f s)", self.version, len(data) / 1e6, time.perf_counter() - t0
+            "synced to policy %d (%s%.1f MB in %.2f s)",
+            self.version,
+            "block FP8, " if fp8 else "",
+            len(data) / 1e6,
+            time.perf_counter() - t0,
         )
         return True
+
+    def _wants_fp8(self) -> bool:
+        if self.opts.weights_format == "auto":
+            return getattr(self.engine, "quantization", None) == FP8
+        return self.opts.weights_format == FP8
 
     def _average(self, step: GRPOStep, reply: swarm_pb2.TrainBatchReply, groups) -> dict | None:
         """All-reduce this shard's gradient with the step's other workers; on a failure, tell the
@@ -508,9 +534,12 @@ class Node:
         staleness = [self.version - g.policy_version for g in groups]
         metrics["staleness_mean"] = sum(staleness) / len(staleness)
         data, sha = encode(self.model, self.opts.weights_dtype)
-        self.transport.publish(self.version + 1, data, sha)
+        fp8 = to_fp8(data) if self.cfg.weights_fp8 else None  # for nodes that roll out in FP8
+        self.transport.publish(self.version + 1, data, sha, fp8=fp8)
         metrics = {k: float(v) for k, v in metrics.items()}
-        result = self.client.report_step(self.version, sha, metrics, attempt=self.attempt)
+        result = self.client.report_step(
+            self.version, sha, metrics, attempt=self.attempt, weight_hash_fp8=fp8[1] if fp8 else ""
+        )
         if result.status == swarm_pb2.STEP_PENDING:
             result = self._await_publication(sha)
         if result.status != swarm_pb2.STEP_PUBLISHED:

@@ -11,6 +11,10 @@ dials the holder's addresses, reassembles the chunks, checks that offsets are co
 size and sha256 match both the holder's claim and the published hash, and moves on to the next
 holder on any failure; a holder silent for `timeout` seconds counts as failed.
 
+Block FP8 (`WeightRequest.format = "fp8"`, `weights.to_fp8`): a holder of the transfer file makes the
+FP8 file from it on the first request (once per version; the trainer hands over the one it made
+for the version's hash) and serves that; a node that fetched the FP8 file serves only FP8 requests.
+
 The P2P daemon and its asyncio loop belong to a `PeerHost` (shared with the node's DHT membership);
 a `P2PWeights` made without one starts and owns its own.
 """
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 from hivemind.p2p import P2PContext, PeerID
 
 from swarmgrpo.node.p2p_host import PeerHost, weights_key
-from swarmgrpo.node.weights import WeightError, WeightTransport
+from swarmgrpo.node.weights import FP8, WeightError, WeightTransport, is_fp8, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,8 @@ class P2PWeights(WeightTransport):
     ):
         self.keep, self.chunk_bytes, self.timeout = keep, chunk_bytes, timeout
         self.run_id, self.holder_ttl = run_id, holder_ttl
-        self._held: dict[int, tuple[bytes, str]] = {}
+        self._held: dict[int, tuple[bytes, str]] = {}  # version -> the file this node holds, its sha256
+        self._fp8: dict[int, tuple[bytes, str]] = {}  # version -> its FP8 file made from the held one
         self._lock = threading.Lock()
         self._owns_host = host is None
         self.host = host if host is not None else PeerHost(host_maddrs, initial_peers)
@@ -66,11 +71,15 @@ class P2PWeights(WeightTransport):
 
     # ------------------------------------------------------------------ serving
 
-    def publish(self, version: int, data: bytes, sha256: str) -> None:
+    def publish(self, version: int, data: bytes, sha256: str, fp8: tuple[bytes, str] | None = None) -> None:
         with self._lock:
             self._held[version] = (bytes(data), sha256)
+            if fp8 is not None:
+                self._fp8[version] = fp8
             for old in sorted(self._held)[: -self.keep]:
                 del self._held[old]
+            for old in [v for v in self._fp8 if v not in self._held]:
+                del self._fp8[old]
         if self.run_id and self.host.dht is not None:
             try:
                 self.host.announce(
@@ -99,34 +108,60 @@ class P2PWeights(WeightTransport):
 
     async def _serve(self, request: swarm_pb2.WeightRequest, context: P2PContext):
         version = request.policy_version
-        with self._lock:
-            held = self._held.get(version)
-            versions = sorted(self._held)
-        if held is None:
-            yield swarm_pb2.WeightChunk(
-                policy_version=version,
-                error=f"peer {self.peer_id} does not hold policy version {version}; it holds {versions}",
-            )
+        try:
+            held = await self._file_for(version, request.format)
+        except WeightError as e:
+            yield swarm_pb2.WeightChunk(policy_version=version, error=str(e))
             return
         for chunk in chunks(version, *held, self.chunk_bytes):
             yield chunk
 
+    async def _file_for(self, version: int, fmt: str) -> tuple[bytes, str]:
+        """(bytes, sha256) this node serves for `version` in `fmt`; WeightError says why it cannot."""
+        if fmt not in ("", FP8):
+            raise WeightError(f"unknown weights format '{fmt}': ask for '' or '{FP8}'")
+        with self._lock:
+            held, made = self._held.get(version), self._fp8.get(version)
+            versions = sorted(self._held)
+        if held is None:
+            raise WeightError(
+                f"peer {self.peer_id} does not hold policy version {version}; it holds {versions}"
+            )
+        held_fp8 = is_fp8(held[0])
+        if not fmt:
+            if held_fp8:
+                raise WeightError(f"peer {self.peer_id} holds policy version {version} only in FP8")
+            return held
+        if held_fp8:
+            return held
+        if made is None:
+            made = await asyncio.to_thread(to_fp8, held[0])  # the event loop keeps serving meanwhile
+            with self._lock:
+                if version in self._held:
+                    self._fp8[version] = made
+        return made
+
     # ------------------------------------------------------------------ fetching
 
-    def fetch(self, version: int, sha256: str, holders) -> bytes:
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
         if self.host.p2p is None:
             raise WeightError("this P2PWeights is closed")
         with self._lock:
-            held = self._held.get(version)
-        if held is not None and (not sha256 or held[1] == sha256):
-            return held[0]  # this node holds it already (it published or fetched it before)
+            held, made = self._held.get(version), self._fp8.get(version)
+        local = made if fmt else None
+        if held is not None and is_fp8(held[0]) == bool(fmt):
+            local = held
+        if local is not None and (not sha256 or local[1] == sha256):
+            return local[0]  # this node holds it already (it published or fetched it before)
         problems = []
         named = list(holders)
         seen = {h.peer_id for h in named}
-        candidates = named + [h for h in self.dht_holders(version, sha256) if h.peer_id not in seen]
+        # Any holder of the version can make its FP8 file; the DHT names holders by the held file's hash.
+        in_dht = self.dht_holders(version, "" if fmt else sha256)
+        candidates = named + [h for h in in_dht if h.peer_id not in seen]
         for holder in candidates:
             try:
-                return self.host.call(self._fetch_from(holder, version, sha256))
+                return self.host.call(self._fetch_from(holder, version, sha256, fmt))
             except Exception as e:
                 reason = f"timed out after {self.timeout:g} s" if isinstance(e, TimeoutError) else str(e)
                 problems.append(f"{holder.node_id or '?'} ({holder.peer_id or 'no peer id'}): {reason}")
@@ -137,10 +172,10 @@ class P2PWeights(WeightTransport):
             f"policy version {version} could not be fetched from any holder: " + "; ".join(problems)
         )
 
-    async def _fetch_from(self, holder, version: int, expected: str) -> bytes:
+    async def _fetch_from(self, holder, version: int, expected: str, fmt: str = "") -> bytes:
         peer = PeerID.from_base58(holder.peer_id)
         await self.host.connect(peer, holder.peer_addrs, self.timeout)
-        request = swarm_pb2.WeightRequest(policy_version=version)
+        request = swarm_pb2.WeightRequest(policy_version=version, format=fmt)
         stream = await asyncio.wait_for(
             self.host.p2p.iterate_protobuf_handler(peer, PROTOCOL, request, swarm_pb2.WeightChunk),
             self.timeout,

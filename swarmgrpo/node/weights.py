@@ -29,7 +29,16 @@ class WeightError(Exception):
     pass
 
 
-_ST_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}
+_ST_DTYPES = {
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.float8_e4m3fn: "F8_E4M3",
+}
+FP8 = "fp8"
+"""The block-FP8 transfer format (`to_fp8`): what nodes that roll out in FP8 may fetch instead."""
+SCALE_SUFFIX = "_scale_inv"  # DeepSeek-V3's and vLLM's name for a block-FP8 weight's scales
+NOT_FP8 = ("embed", "lm_head", "wte", "wpe")  # embeddings and the head stay in the transfer dtype
 
 
 def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]:
@@ -45,17 +54,23 @@ def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]
     for name, t in sorted(model.state_dict().items()):
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
-            tensors.append((name, t))
-    item = torch.empty((), dtype=target).element_size()
+            tensors.append((name, t, target))
+    return _write(tensors)
+
+
+def _write(tensors: list[tuple[str, torch.Tensor, torch.dtype]]) -> tuple[bytes, str]:
+    """A safetensors file of (name, tensor, dtype) in name order, each tensor cast into its place."""
+    tensors = sorted(tensors, key=lambda e: e[0])
     header: dict = {"__metadata__": {"format": "pt"}}
     size = 0
-    for name, t in tensors:
+    for name, t, dtype in tensors:
+        nbytes = t.numel() * torch.empty((), dtype=dtype).element_size()
         header[name] = {
-            "dtype": _ST_DTYPES[target],
+            "dtype": _ST_DTYPES[dtype],
             "shape": list(t.shape),
-            "data_offsets": [size, size + t.numel() * item],
+            "data_offsets": [size, size + nbytes],
         }
-        size += t.numel() * item
+        size += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     buf = bytearray(8 + len(head) + size)
@@ -63,15 +78,54 @@ def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]
     buf[8 : 8 + len(head)] = head
     body = torch.frombuffer(buf, dtype=torch.uint8)[8 + len(head) :]
     with torch.no_grad():
-        for name, t in tensors:
+        for name, t, dtype in tensors:
             start, end = header[name]["data_offsets"]
-            body[start:end].view(target).copy_(t.detach().reshape(-1))
+            body[start:end].view(dtype).copy_(t.detach().reshape(-1))
     data = bytes(buf)
     return data, hashlib.sha256(data).hexdigest()
 
 
-def views(data: bytes) -> dict[str, torch.Tensor]:
-    """The tensors of safetensors `data` as read-only views into it (no copy; don't write to them)."""
+def to_fp8(data: bytes) -> tuple[bytes, str]:
+    """(bytes, sha256) of weights file `data` in block FP8: every 2-D weight but the embeddings and
+    the head (the linear layers) as e4m3 in 128×128 blocks, DeepSeek-V3's weight tiles, with their
+    float32 scales as `<name>_scale_inv` (the multiplier, as DeepSeek-V3's and vLLM's FP8 files name
+    it); every other tensor as it was. A function of the bytes alone, so any holder of a version's
+    file makes the same FP8 file, and its hash can be published with the version's."""
+    from swarmgrpo.trainer.fp8 import TILE, quantize
+
+    out = []
+    for name, t in views(data).items():
+        if t.dim() == 2 and name.endswith(".weight") and not any(s in name for s in NOT_FP8):
+            q, scale = quantize(t, TILE, TILE)
+            out += [(name, q, q.dtype), (name + SCALE_SUFFIX, scale, scale.dtype)]
+        else:
+            out.append((name, t, t.dtype))
+    return _write(out)
+
+
+def is_fp8(data: bytes) -> bool:
+    """Whether `data` is a block-FP8 weights file (False for anything unreadable)."""
+    try:
+        return any(name.endswith(SCALE_SUFFIX) for name in _header(data))
+    except (WeightError, AttributeError, UnicodeDecodeError):
+        return False
+
+
+def dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file with each block-FP8 weight multiplied back by its scales
+    (float32); tensors of any other file pass through unchanged."""
+    from swarmgrpo.trainer.fp8 import TILE, dequantize
+
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            continue
+        scale = tensors.get(name + SCALE_SUFFIX)
+        out[name] = t if scale is None else dequantize(t, scale, TILE, TILE)
+    return out
+
+
+def _header(data: bytes) -> dict:
     if len(data) < 8:
         raise WeightError(f"weights of {len(data)} bytes are not a safetensors file")
     n = int.from_bytes(data[:8], "little")
@@ -80,6 +134,13 @@ def views(data: bytes) -> dict[str, torch.Tensor]:
     except ValueError as e:
         raise WeightError(f"weights have an unreadable safetensors header: {e}") from None
     header.pop("__metadata__", None)
+    return header
+
+
+def views(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors `data` as read-only views into it (no copy; don't write to them)."""
+    header = _header(data)
+    n = int.from_bytes(data[:8], "little")
     by_name = {v: k for k, v in _ST_DTYPES.items()}
     if any(h["dtype"] not in by_name for h in header.values()):
         return st_load(data)  # a dtype we do not write: let safetensors copy it
@@ -95,7 +156,7 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
     """Copy the weights in `data` into `model` in place (each tensor cast to the model's dtype)."""
     if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise WeightError("weights do not match the published sha256: refused (corrupt or altered transfer)")
-    copy_weights(model, views(data))
+    copy_weights(model, dequantized(views(data)))
 
 
 def copy_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -119,12 +180,14 @@ def copy_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> No
 
 class WeightTransport(ABC):
     @abstractmethod
-    def publish(self, version: int, data: bytes, sha256: str) -> None:
-        """Make `version` fetchable from this node."""
+    def publish(self, version: int, data: bytes, sha256: str, fp8: tuple[bytes, str] | None = None) -> None:
+        """Make `version` fetchable from this node: `data` is the file it holds (in the transfer
+        encoding, or block FP8 if that is what it fetched); `fp8`, the FP8 file when already made."""
 
     @abstractmethod
-    def fetch(self, version: int, sha256: str, holders) -> bytes:
-        """The bytes of `version` from one of `holders` (WeightHolder messages), checked against sha256."""
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
+        """The bytes of `version` from one of `holders` (WeightHolder messages), checked against sha256;
+        `fmt` FP8 asks for the block-FP8 file (`to_fp8`) instead of the transfer encoding."""
 
     def close(self) -> None:
         return None
@@ -142,22 +205,30 @@ class FileWeights(WeightTransport):
     def _path(self, version: int) -> Path:
         return self.folder / f"v{version:06d}.safetensors"
 
-    def publish(self, version: int, data: bytes, sha256: str) -> None:
+    def publish(self, version: int, data: bytes, sha256: str, fp8: tuple[bytes, str] | None = None) -> None:
         if self._fetched == (version, sha256) and self._path(version).exists():
             return  # this node just fetched that very file: writing it again would only cost time
+        if is_fp8(data):
+            return  # the folder holds the transfer encoding; FP8 files are made from it
         tmp = self._path(version).with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(data)
         os.replace(tmp, self._path(version))
         for old in sorted(self.folder.glob("v*.safetensors"))[: -self.keep]:
             old.unlink(missing_ok=True)
 
-    def fetch(self, version: int, sha256: str, holders) -> bytes:
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
+        """The folder holds the transfer encoding only: an FP8 file is made here from it (a shared
+        folder saves no bytes by shipping FP8)."""
         path = self._path(version)
         if not path.exists():
             raise WeightError(f"{path} does not exist: is every node using the same --weights-dir?")
         data = path.read_bytes()
+        if fmt == FP8:
+            data, _ = to_fp8(data)
+        elif fmt:
+            raise WeightError(f"unknown weights format '{fmt}': use '' or '{FP8}'")
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise WeightError(f"{path} does not match the published sha256")
+            raise WeightError(f"{path} does not match the published sha256" + (" (as FP8)" if fmt else ""))
         if sha256:
             self._fetched = (version, sha256)
         return data

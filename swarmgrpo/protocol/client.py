@@ -81,11 +81,22 @@ class CoordinatorClient:
         return self.call("TrainBatch", request, timeout=60.0 + wait_s)
 
     def report_step(
-        self, step: int, weight_hash: str, metrics: dict[str, float], attempt: int = 0
+        self,
+        step: int,
+        weight_hash: str,
+        metrics: dict[str, float],
+        attempt: int = 0,
+        weight_hash_fp8: str = "",
     ) -> swarm_pb2.StepReply:
         return self.call(
             "ReportStep",
-            swarm_pb2.StepReport(step=step, weight_hash=weight_hash, metrics=metrics, attempt=attempt),
+            swarm_pb2.StepReport(
+                step=step,
+                weight_hash=weight_hash,
+                metrics=metrics,
+                attempt=attempt,
+                weight_hash_fp8=weight_hash_fp8,
+            ),
         )
 
     def leave(self, reason: str) -> swarm_pb2.LeaveReply:

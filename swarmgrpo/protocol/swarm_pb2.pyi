@@ -165,18 +165,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., activity: _Optional[str] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class PolicyState(_message.Message):
-    __slots__ = ("policy_version", "weight_hash", "holders", "max_staleness", "finished")
+    __slots__ = ("policy_version", "weight_hash", "holders", "max_staleness", "finished", "weight_hash_fp8")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_HASH_FP8_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     weight_hash: str
     holders: _containers.RepeatedCompositeFieldContainer[WeightHolder]
     max_staleness: int
     finished: bool
-    def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
+    weight_hash_fp8: str
+    def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ..., weight_hash_fp8: _Optional[str] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("auth", "policy_version", "max_prompts", "wait_s")
@@ -349,7 +351,7 @@ class TrainBatchReply(_message.Message):
     def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ..., shard_index: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt")
+    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt", "weight_hash_fp8")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -362,12 +364,14 @@ class StepReport(_message.Message):
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_HASH_FP8_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     weight_hash: str
     metrics: _containers.ScalarMap[str, float]
     attempt: int
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    weight_hash_fp8: str
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ..., weight_hash_fp8: _Optional[str] = ...) -> None: ...
 
 class StepReply(_message.Message):
     __slots__ = ("status", "policy_version", "message")
@@ -414,10 +418,12 @@ class StatusReply(_message.Message):
     def __init__(self, status_json: _Optional[str] = ...) -> None: ...
 
 class WeightRequest(_message.Message):
-    __slots__ = ("policy_version",)
+    __slots__ = ("policy_version", "format")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
-    def __init__(self, policy_version: _Optional[int] = ...) -> None: ...
+    format: str
+    def __init__(self, policy_version: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
 
 class WeightChunk(_message.Message):
     __slots__ = ("policy_version", "offset", "data", "total_bytes", "sha256", "error")

@@ -207,14 +207,19 @@ def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
     )
 
 
+def _is_sha256(h: str) -> bool:
+    return len(h) == 64 and all(ch in "0123456789abcdef" for ch in h)
+
+
 def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
     _auth(req.auth, join=False)
-    h = req.weight_hash
+    _check(_is_sha256(req.weight_hash), "weight_hash", "must be 64 lowercase hex characters (sha256)",
+           "hash the weights file")  # fmt: skip
     _check(
-        len(h) == 64 and all(ch in "0123456789abcdef" for ch in h),
-        "weight_hash",
-        "must be 64 lowercase hex characters (sha256)",
-        "hash the weights file",
+        not req.weight_hash_fp8 or _is_sha256(req.weight_hash_fp8),
+        "weight_hash_fp8",
+        "must be empty or 64 lowercase hex characters (sha256)",
+        "hash the block-FP8 weights file, or leave it empty when the run ships no FP8 weights",
     )
     _check(len(req.metrics) <= 64, "metrics", "more than 64 entries", "send fewer")
     for k, v in req.metrics.items():

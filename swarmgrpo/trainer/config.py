@@ -33,6 +33,12 @@ class TrainConfig:
     >= 8.9), so a volunteer changes nothing; "on" uses them on any device (on CPU they run as slow
     128-wide slices: for tests); "off" never."""
 
+    weights_fp8: bool = False
+    """Network runs: the trainer also publishes each version's hash in block FP8 (the linear layers'
+    weights as e4m3 in 128×128 blocks, ~0.6× the bytes of bf16 for SmolLM2-135M), so nodes that roll
+    out in FP8 (or choose `--weights-format fp8`) fetch that file instead; costs the trainer ~0.7 s a
+    step on one CPU core to make and hash it."""
+
     engine: str = "auto"
     """Rollout engine: "vllm", "transformers", or "auto" (vLLM where it imports and supports the
     model and sampling settings, else transformers). A node's `--engine` overrides it for that node."""

@@ -335,19 +335,27 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     assert _count(network, "SELECT MAX(version) FROM versions") == 4
 
 
-@pytest.mark.parametrize("network", [{"train": {"grad_compression": "fp16", "max_steps": 5}}], indirect=True)
-def test_two_gradient_workers_share_each_step_and_agree_on_the_weights(network):
+@pytest.mark.parametrize(
+    "network", [{"train": {"grad_compression": "fp16", "max_steps": 5, "weights_fp8": True}}], indirect=True
+)
+def test_two_gradient_workers_share_each_step_agree_on_the_weights_and_ship_fp8(network):
     """Two train-role nodes split every step's batch, all-reduce over libp2p and publish one version
-    only when their weight hashes agree."""
+    only when their weight hashes agree, the block-FP8 file's included; the rollout node fetches
+    every version in block FP8 and rolls out from it."""
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
-    rollout = network.start_node("rollout", "rollout", weights="p2p")
+    rollout = network.start_node("rollout", "rollout", "--weights-format", "fp8", weights="p2p")
     for p, name in [(workers[0], "worker0"), (workers[1], "worker1"), (rollout, "rollout")]:
         assert network.wait(p, 300, name) == 0, network.logs()
     with network.db() as db:
         versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
         steps = dict(db.execute("SELECT node_id, steps_trained FROM nodes WHERE roles LIKE '%TRAIN%'"))
+        hashes = db.execute("SELECT weight_hash, weight_hash_fp8 FROM versions").fetchall()
+        late = db.execute("SELECT COUNT(*) FROM rollouts WHERE policy_version >= 1").fetchone()[0]
     assert [v for v, _ in versions] == [1, 2, 3, 4, 5]
+    assert all(len(h8) == 64 and h8 != h for h, h8 in hashes), hashes
+    synced = re.findall(r"synced to policy \d+ \((block FP8, )?", network.log("rollout"))
+    assert synced and all(synced) and late > 0, network.log("rollout")[-3000:]  # every sync in FP8
     shared = [v for v, m in versions if json.loads(m).get("workers") == 2]
     # The first step may start before the second worker has joined; the later ones are shared.
     assert len(shared) >= 3 and shared[-1] == 5, versions

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from swarmgrpo.node.p2p_weights import P2PWeights
-from swarmgrpo.node.weights import WeightError
+from swarmgrpo.node.weights import FP8, WeightError, encode, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 from tests.integration.peerprocs import readline, spawn, stop
 
@@ -43,13 +43,23 @@ def _p2pd_children(pid: int) -> list[int]:
     return found
 
 
+def _model_file() -> bytes:
+    """A small real weights file (version 4): two linear layers in bf16."""
+    import torch
+
+    torch.manual_seed(4)
+    return encode(torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 100)))[0]
+
+
 def serve() -> None:
-    """Holder process: publish versions 1, 2 (and 3 under a wrong sha256), serve until stdin closes."""
-    weights = P2PWeights()
+    """Holder process: publish versions 1, 2 (and 3 under a wrong sha256) and a weights file as 4,
+    serve until stdin closes."""
+    weights = P2PWeights(keep=4)
     for version in (1, 2):
         data = _payload(version)
         weights.publish(version, data, _sha(data))
     weights.publish(3, _payload(3), _sha(b"not these bytes"))
+    weights.publish(4, _model_file(), _sha(_model_file()))
     p2pd = weights.host.p2p._child.pid
     print(json.dumps({"peer_id": weights.peer_id, "addrs": weights.addrs, "p2pd": p2pd}), flush=True)
     sys.stdin.read()
@@ -90,7 +100,7 @@ def test_fetch_gets_identical_bytes(holder_a, client):
 
 
 def test_unknown_version_names_what_the_holder_has(holder_a, client):
-    with pytest.raises(WeightError, match=r"does not hold policy version 7; it holds \[1, 2, 3\]"):
+    with pytest.raises(WeightError, match=r"does not hold policy version 7; it holds \[1, 2, 3, 4\]"):
         client.fetch(7, "", [holder_a])
 
 
@@ -99,6 +109,23 @@ def test_wrong_sha256_is_refused(holder_a, client):
         client.fetch(2, "0" * 64, [holder_a])
     with pytest.raises(WeightError, match="received bytes hash to"):
         client.fetch(3, "", [holder_a])
+
+
+def test_a_holder_makes_the_fp8_file_from_its_own_and_an_fp8_holder_serves_only_fp8(holder_a, client):
+    fp8, sha8 = to_fp8(_model_file())
+    assert client.fetch(4, sha8, [holder_a], FP8) == fp8  # made by the holder, checked against the hash
+    assert client.fetch(4, _sha(_model_file()), [holder_a]) == _model_file()
+    with pytest.raises(WeightError, match="unknown weights format 'int4'"):
+        client.fetch(4, "", [holder_a], "int4")
+    fp8_holder = P2PWeights(timeout=3)  # a rollout node that fetched the FP8 file holds only that
+    try:
+        fp8_holder.publish(4, fp8, sha8)
+        held = swarm_pb2.WeightHolder(node_id="fp8", peer_id=fp8_holder.peer_id, peer_addrs=fp8_holder.addrs)
+        assert client.fetch(4, sha8, [held], FP8) == fp8
+        with pytest.raises(WeightError, match="holds policy version 4 only in FP8"):
+            client.fetch(4, _sha(_model_file()), [held])
+    finally:
+        fp8_holder.close()
 
 
 def test_dead_and_silent_holders_are_skipped(holder_a, client):

@@ -270,19 +270,25 @@ GOOD_HASH = hashlib.sha256(b"weights").hexdigest()
 
 
 @pytest.mark.parametrize(
-    "weight_hash, metrics, field",
+    "weight_hash, metrics, field, fp8",
     [
-        (GOOD_HASH, {"loss": 0.1, "reward_mean": -1.0}, None),
-        ("g" * 64, {}, "weight_hash"),
-        (GOOD_HASH[:-1], {}, "weight_hash"),
-        (GOOD_HASH + "0", {}, "weight_hash"),
-        (GOOD_HASH.upper(), {}, "weight_hash"),
-        (GOOD_HASH, {"loss": math.nan}, "metrics[loss]"),
-        (GOOD_HASH, {"grad_norm": math.inf}, "metrics[grad_norm]"),
+        (GOOD_HASH, {"loss": 0.1, "reward_mean": -1.0}, None, ""),
+        (GOOD_HASH, {}, None, GOOD_HASH[::-1]),
+        ("g" * 64, {}, "weight_hash", ""),
+        (GOOD_HASH[:-1], {}, "weight_hash", ""),
+        (GOOD_HASH + "0", {}, "weight_hash", ""),
+        (GOOD_HASH.upper(), {}, "weight_hash", ""),
+        (GOOD_HASH, {}, "weight_hash_fp8", GOOD_HASH[:40]),
+        (GOOD_HASH, {}, "weight_hash_fp8", GOOD_HASH.upper()),
+        (GOOD_HASH, {"loss": math.nan}, "metrics[loss]", ""),
+        (GOOD_HASH, {"grad_norm": math.inf}, "metrics[grad_norm]", ""),
     ],
 )
-def test_step_report(key, weight_hash, metrics, field):
-    req = key.sign("ReportStep", swarm_pb2.StepReport(step=1, weight_hash=weight_hash, metrics=metrics))
+def test_step_report(key, weight_hash, metrics, field, fp8):
+    req = key.sign(
+        "ReportStep",
+        swarm_pb2.StepReport(step=1, weight_hash=weight_hash, metrics=metrics, weight_hash_fp8=fp8),
+    )
     if field is None:
         validate.step_report(req, LIMITS)
         return
@@ -320,3 +326,26 @@ def fresh_stubs(tmp_path_factory):
 def test_generated_stubs_are_current(fresh_stubs, name):
     committed = (REPO / "swarmgrpo" / "protocol" / name).read_bytes()
     assert (fresh_stubs / name).read_bytes() == committed, f"{name} is stale: run `make proto`"
+
+
+def test_a_database_from_before_the_fp8_hash_gains_the_column_and_keeps_its_versions(tmp_path):
+    """A coordinator upgraded mid-run opens its old database: versions stay, new ones record both hashes."""
+    import sqlite3
+
+    from swarmgrpo.coordinator.store import Store
+
+    path = tmp_path / "run.sqlite"
+    with sqlite3.connect(path) as db:  # the versions table as it was before weight_hash_fp8
+        db.execute(
+            "CREATE TABLE versions (version INTEGER PRIMARY KEY, weight_hash TEXT NOT NULL, "
+            "node_id TEXT NOT NULL, published_at REAL NOT NULL, metrics TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO versions VALUES (1, ?, 'n', 0.0, '{}')", (GOOD_HASH,))
+    store = Store(path)
+    try:
+        assert store.version_hashes(1) == (GOOD_HASH, "")
+        store.add_version(2, GOOD_HASH, "n", {}, weight_hash_fp8=GOOD_HASH[::-1])
+        assert store.version_hashes(2) == (GOOD_HASH, GOOD_HASH[::-1])
+        assert store.version_hashes(3) == ("", "")
+    finally:
+        store.close()
