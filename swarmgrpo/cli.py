@@ -64,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         help="rollout engine of this node (default: the run config's `engine`, itself auto by default)",
     )
     p.add_argument(
+        "--device",
+        default="",
+        choices=("", "auto", "cpu", "cuda"),
+        help="where this node trains or samples with transformers (default: the run config's `device`, "
+        "itself auto: the GPU where there is one)",
+    )
+    p.add_argument(
         "--weights-format",
         default="auto",
         choices=("auto", "bf16", "fp8"),
@@ -192,6 +199,7 @@ def _node(args) -> int:
             max_prompts=args.max_prompts,
             threads=args.threads,
             engine=args.engine,
+            device=args.device,
             weights_format=args.weights_format,
             initial_peers=args.initial_peers,
             p2p_listen=args.p2p_listen,

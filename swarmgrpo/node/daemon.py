@@ -50,7 +50,7 @@ from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model
+from swarmgrpo.trainer.models import load_model, resolve_device
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
 
@@ -75,6 +75,9 @@ class NodeOptions:
     threads: int = 0
     engine: str = ""
     """Rollout engine of this node ("auto", "vllm", "transformers"); empty = the run config's."""
+    device: str = ""
+    """Where this node trains or runs the transformers engine ("auto", "cpu", "cuda"); empty = the
+    run config's `device`."""
     weights_format: str = "auto"
     """What a rollout node fetches when the run ships FP8 weights (`weights_fp8`): "fp8" (~0.6x the
     bytes; rollouts from FP8-rounded weights, which the importance weight corrects), "bf16" (the
@@ -150,7 +153,7 @@ class Node:
         )
         torch.manual_seed(self.cfg.seed)
         if role == "train":
-            self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+            self._load_model()
         else:  # a vLLM engine loads the model itself: no transformers copy beside it
             self.engine = build_engine(
                 self.opts.engine or self.cfg.engine, self.cfg, self._load_model, self.opts.threads
@@ -189,7 +192,11 @@ class Node:
             self.client.close()
 
     def _load_model(self):
-        self.model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+        """The run's model for training or the transformers engine, on this node's device."""
+        device = resolve_device(self.opts.device or self.cfg.device)
+        model, self.tokenizer = load_model(self.cfg.model, seed=self.cfg.seed)
+        self.model = model.to(device)
+        log.info("model %s on %s", self.cfg.model, device)
         return self.model, self.tokenizer
 
     def _transport(self) -> WeightTransport:

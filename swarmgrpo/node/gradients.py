@@ -60,7 +60,8 @@ class GradientAverager:
         byte ranges sent again)."""
         t0 = time.perf_counter()
         phases: dict[str, float] = {}
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        # The all-reduce encodes bytes in host memory: a GPU's gradients come over once, and back below.
+        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).cpu() for p in self.params]
         if self.powersgd is not None:
             averaged = self.powersgd.reduce(self.reducer, round_id, members, me, grads, weight)
             sent = self.powersgd.last_bytes_sent

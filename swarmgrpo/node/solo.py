@@ -22,7 +22,7 @@ from swarmgrpo.node.engines.choose import build_engine
 from swarmgrpo.node.evaluate import EvalResult, evaluate
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model
+from swarmgrpo.trainer.models import load_model, resolve_device
 from swarmgrpo.trainer.prompts import encode_chat
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
@@ -34,8 +34,10 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     task = make_task(cfg.task)
     torch.manual_seed(cfg.seed)
     resume_from = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    device = resolve_device(cfg.device)
     model, tokenizer = load_model(str(resume_from) if resume_from else cfg.model, seed=cfg.seed)
-    ref_model = load_model(cfg.model, seed=cfg.seed)[0] if cfg.beta > 0 else None
+    model = model.to(device)
+    ref_model = load_model(cfg.model, seed=cfg.seed)[0].to(device) if cfg.beta > 0 else None
     step = GRPOStep(model, cfg, tokenizer.pad_token_id, ref_model=ref_model)
     engine = build_engine(cfg.engine, cfg, lambda: (model, tokenizer))
     state = TrainerState(step=0, version=0, prompts_consumed=0)

@@ -36,7 +36,7 @@ def pack(state: dict) -> bytes:
 
 
 def unpack(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")  # a GPU peer's state too
 
 
 class TrainStateServer:

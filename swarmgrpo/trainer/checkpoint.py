@@ -62,7 +62,8 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def load_trainer_state(checkpoint: Path, optimizer) -> TrainerState:
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    # on the CPU first: load_state_dict moves each state tensor to its parameter's device
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location="cpu"))
     rng = torch.load(checkpoint / "rng.pt", weights_only=False)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])

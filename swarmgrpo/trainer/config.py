@@ -15,6 +15,7 @@ GRAD_COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")
 DTYPES = ("float32", "bfloat16")
 ENGINES = ("auto", "vllm", "transformers")
 FP8_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -26,6 +27,10 @@ class TrainConfig:
 
     dtype: str = "float32"
     """Compute dtype: "float32", or "bfloat16" (autocast; master weights and optimizer state stay fp32)."""
+
+    device: str = "auto"
+    """Where the model trains and the transformers engine samples: "cuda" (the first GPU), "cpu", or
+    "auto" (cuda where there is one). A node's `--device` overrides it for that node."""
 
     fp8: str = "auto"
     """FP8 training products (DeepSeek-V3's tiles; `trainer/fp8.py`) for every linear layer but the
@@ -181,6 +186,10 @@ class TrainConfig:
             raise ConfigError("powersgd_rank", f"must be >= 1, got {self.powersgd_rank}", "use 1, 2 or 4")
         if self.dtype not in DTYPES:
             raise ConfigError("dtype", f"unknown dtype '{self.dtype}'", f"choose one of: {', '.join(DTYPES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(
+                "device", f"unknown device '{self.device}'", f"choose one of: {', '.join(DEVICES)}"
+            )
         if self.fp8 not in FP8_MODES:
             raise ConfigError("fp8", f"unknown mode '{self.fp8}'", f"choose one of: {', '.join(FP8_MODES)}")
         if self.engine not in ENGINES:

@@ -92,18 +92,18 @@ class _SwiGLU(torch.autograd.Function):
         return grad_x, grad_gate, grad_up, grad_down
 
 
-def _fast_path() -> bool:
-    return torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+def _fast_path(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
 
 
 def _norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    if not _fast_path() or hidden_states.dtype != self.weight.dtype:
+    if not _fast_path(hidden_states) or hidden_states.dtype != self.weight.dtype:
         return self._plain_forward(hidden_states)
     return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if not _fast_path() or not _is_swiglu(self):  # e.g. its linears turned FP8 since
+    if not _fast_path(x) or not _is_swiglu(self):  # e.g. its linears turned FP8 since
         return self._plain_forward(x)
     return _SwiGLU.apply(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
 

@@ -136,7 +136,8 @@ def head_logprobs(
 ) -> torch.Tensor:
     """float32 log softmax(hidden @ weight.T / temperature)[target], [B, T], never holding [B, T, V]."""
     b, t, h = hidden_BTH.shape
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight_VH.dtype
+    on = hidden_BTH.device.type
+    dtype = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else weight_VH.dtype
     out = _HeadLogprobs.apply(
         hidden_BTH.reshape(b * t, h), weight_VH, targets_BT.reshape(-1).long(), temperature, dtype
     )

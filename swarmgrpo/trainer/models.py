@@ -45,6 +45,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SWARMGRPO_CACHE", Path.home() / ".cache" / "swarmgrpo"))
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto": the first GPU where there is one, else the CPU; "cuda" without one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            'device "cuda" asked for, but torch sees no GPU (a CPU build of torch, or no driver); '
+            'use device "auto" or "cpu"'
+        )
+    return torch.device(name)
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """Return `(model, tokenizer)` for a built-in name, a local folder, or a cached HF id."""
     if name == TINY:

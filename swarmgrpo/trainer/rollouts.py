@@ -8,7 +8,7 @@ holds the weights that sampled it (see `GRPOStep`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -64,6 +64,12 @@ class MicroBatch:
     behavior_logp_BT: torch.Tensor
     advantages_B: torch.Tensor
     versions_B: torch.Tensor
+
+    def to(self, device: torch.device) -> MicroBatch:
+        """The same batch with every tensor on `device` (itself when they are there already)."""
+        if self.prompt_ids_KP.device == device:
+            return self
+        return MicroBatch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(

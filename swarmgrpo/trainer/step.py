@@ -42,8 +42,8 @@ class GRPOStep:
         if cfg.beta > 0 and ref_model is None:
             raise ValueError("beta > 0 needs a reference model")
         self.model = model
-        device = next(model.parameters()).device
-        self.fp8 = cfg.fp8 == "on" or (cfg.fp8 == "auto" and fp8_capable(device))
+        self.device = next(model.parameters()).device  # the batches follow the model
+        self.fp8 = cfg.fp8 == "on" or (cfg.fp8 == "auto" and fp8_capable(self.device))
         if self.fp8:  # before fuse_blocks, which leaves an MLP of FP8 linears to them
             use_fp8_linears(model, backend="scaled_mm")
         release_large_frees()  # freed activations leave the process (see heap)
@@ -153,7 +153,7 @@ class GRPOStep:
                 advs.append(adv_G[i])
                 versions.append(g.policy_version)
         prompts = [g.prompt_ids for g, _, _ in chunk]
-        return collate(prompts, index, comps, behavior, advs, versions, self.pad_id)
+        return collate(prompts, index, comps, behavior, advs, versions, self.pad_id).to(self.device)
 
     def _micro_step(self, mb: MicroBatch, norm: LossNorm) -> dict[str, float]:
         cfg = self.cfg
@@ -208,9 +208,13 @@ class GRPOStep:
             embeds = model.get_input_embeddings()(ids)
         context_KCH = embeds[: context_KC.numel()].view(k, p - 1, -1)
         inputs_BTH = embeds[context_KC.numel() :].view(b, t, -1)
-        mask_BT = torch.cat([torch.ones(b, 1, dtype=torch.long), mb.completion_mask_BT[:, :-1].long()], 1)
-        positions_BT = (mb.prompt_len_K - 1).index_select(0, index_B)[:, None] + torch.arange(t)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast is not None):
+        device = mb.prompt_ids_KP.device
+        ones_B1 = torch.ones(b, 1, dtype=torch.long, device=device)
+        mask_BT = torch.cat([ones_B1, mb.completion_mask_BT[:, :-1].long()], 1)
+        positions_BT = (mb.prompt_len_K - 1).index_select(0, index_B)[:, None] + torch.arange(
+            t, device=device
+        )
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast is not None):
             # RolloutGroup guarantees >= 2 prompt tokens, so every prompt has a context to cache.
             decoder = model.base_model
             context = dict(

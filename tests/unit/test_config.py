@@ -54,6 +54,7 @@ def test_int_accepted_where_float_expected():
         ("num_generations=1", "num_generations", "at least 2"),
         ("dtype=float16", "dtype", "choose one of: float32, bfloat16"),
         ("fp8=yes", "fp8", "choose one of: auto, on, off"),
+        ("device=tpu", "device", "choose one of: auto, cpu, cuda"),
         ("loss_type=ppo", "loss_type", "choose one of"),
         ("advantage_estimator=rloo", "advantage_estimator", "choose one of"),
         ("epsilon_high=0.1", "epsilon_high", "unset it or raise it"),

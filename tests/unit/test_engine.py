@@ -110,3 +110,19 @@ def test_draw_follows_the_distribution_and_never_picks_zero_probability():
     counts = torch.bincount(draw(probs), minlength=5).double() / probs.shape[0]
     assert counts[1] == 0 and counts[4] == 0
     torch.testing.assert_close(counts, probs[0].double(), atol=0.006, rtol=0)  # ~4 standard errors
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_engine_samples_where_the_model_is_and_gives_the_cpu_logprobs(tiny):
+    """A model on the GPU: greedy completions equal the CPU's and log-probs match its forward."""
+    import copy
+
+    model, tok = tiny
+    params = SamplingParams(max_tokens=8, temperature=0)
+    cpu = TransformersEngine(model, tok).generate(PROMPTS, 2, params)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = TransformersEngine(copy.deepcopy(model).cuda(), tok).generate(PROMPTS, 2, params)
+    for cs_cpu, cs_gpu in zip(cpu, gpu, strict=True):
+        for a, b in zip(cs_cpu, cs_gpu, strict=True):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-4, rtol=0)

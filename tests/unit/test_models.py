@@ -50,3 +50,13 @@ def test_unknown_model_is_one_clear_line(name):
 def test_folder_without_config_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"has no config\.json"):
         load_model(str(tmp_path))
+
+
+def test_a_device_is_auto_cpu_or_an_existing_gpu():
+    from swarmgrpo.trainer.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r'torch sees no GPU .* use device "auto" or "cpu"'):
+            resolve_device("cuda")

@@ -217,3 +217,23 @@ def test_fp8_on_trains_every_linear_but_the_head_in_fp8_and_auto_leaves_a_cpu_mo
     diff = torch.cat([(fp8[n] - plain[n]).flatten() for n in plain])
     rel = (diff.norm() / total.norm()).item()
     assert 1e-4 < rel < 0.1, rel  # rounded as FP8 rounds (measured 0.053), still the same gradient
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_step_gives_the_cpu_gradients_and_auto_turns_fp8_on_where_it_can(tiny):
+    from swarmgrpo.trainer.fp8 import fp8_capable
+
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    cpu, cpu_metrics = _grads(model, _cfg(model="tiny", fp8="off"), groups)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu, gpu_metrics = _grads(copy.deepcopy(model).cuda(), _cfg(model="tiny", fp8="off"), groups)
+    assert gpu.keys() == cpu.keys()
+    for name in cpu:
+        assert gpu[name].is_cuda
+        torch.testing.assert_close(gpu[name].cpu(), cpu[name], atol=1e-5, rtol=1e-3)
+    assert gpu_metrics["loss"] == pytest.approx(cpu_metrics["loss"], rel=1e-4, abs=1e-6)
+    step = GRPOStep(copy.deepcopy(model).cuda(), _cfg(model="tiny"), 0)  # fp8 = "auto"
+    assert step.fp8 == fp8_capable(torch.device("cuda"))
+    metrics = step.train(groups)
+    assert metrics["grad_norm"] > 0 and step.version == 1

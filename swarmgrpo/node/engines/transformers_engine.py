@@ -55,10 +55,15 @@ class TransformersEngine(Engine):
         for i, p in enumerate(prompts):  # left padding, so every row's new tokens start at column P
             ids_KP[i, width - len(p) :] = torch.tensor(p)
             mask_KP[i, width - len(p) :] = 1
+        param = next(self.model.parameters(), None)  # the inputs go where the model is
+        device = param.device if param is not None else torch.device("cpu")
+        ids_KP, mask_KP = ids_KP.to(device), mask_KP.to(device)
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.autocast("cpu", dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+            ):
                 cache = self._prefill(ids_KP[:, :-1], mask_KP[:, :-1], n) if width > 1 else None
                 tokens_NT, logp_NT = self._decode(
                     ids_KP[:, -1:].repeat_interleave(n, 0),
@@ -91,7 +96,7 @@ class TransformersEngine(Engine):
         n_rows = last_N1.shape[0]
         position_N1 = mask_NP.sum(-1, keepdim=True) - 1
         inputs_N1, mask = last_N1, mask_NP
-        done_N = torch.zeros(n_rows, dtype=torch.bool)
+        done_N = torch.zeros(n_rows, dtype=torch.bool, device=last_N1.device)
         tokens, logps = [], []
         for _ in range(params.max_tokens):
             out = self.model(
@@ -110,7 +115,7 @@ class TransformersEngine(Engine):
             if bool(done_N.all()):
                 break
             inputs_N1 = token_N[:, None]
-            mask = torch.cat([mask, torch.ones(n_rows, 1, dtype=mask.dtype)], 1)
+            mask = torch.cat([mask, torch.ones(n_rows, 1, dtype=mask.dtype, device=mask.device)], 1)
             position_N1 = position_N1 + 1
         if not tokens:
             return torch.empty(n_rows, 0, dtype=torch.long), torch.empty(n_rows, 0)
@@ -150,7 +155,8 @@ def draw(probs_NV: torch.Tensor) -> torch.Tensor:
     a zero-probability index is never drawn (`right=True` skips the flat stretches of the CDF).
     """
     cdf_NV = probs_NV.to(torch.float64).cumsum(-1)
-    u_N1 = torch.rand(probs_NV.shape[0], 1, dtype=torch.float64) * cdf_NV[:, -1:]
+    # drawn from the CPU generator on any device, so a seed draws the same numbers everywhere
+    u_N1 = torch.rand(probs_NV.shape[0], 1, dtype=torch.float64).to(probs_NV.device) * cdf_NV[:, -1:]
     return torch.searchsorted(cdf_NV, u_N1, right=True)[:, 0].clamp_(max=probs_NV.shape[-1] - 1)
 
 
