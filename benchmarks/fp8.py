@@ -97,17 +97,13 @@ def shape_throughput(args, device: torch.device, gen: torch.Generator, k: int, m
         layer(x).backward(dy)
 
     # the forward kernel alone, on operands quantised beforehand
-    blockwise = fp8._uses_blockwise(device)
-    align = fp8.TILE if blockwise else 16
-    qa, sa = fp8.quantize(fp8._pad(x.detach(), align, fp8.TILE), 1, fp8.TILE)
-    qw, sw = fp8.quantize(fp8._pad(fp8_layer.weight.detach(), align, fp8.TILE), fp8.TILE, fp8.TILE)
-    kernel = fp8._blockwise_scaled_mm if blockwise else fp8._sliced_scaled_mm
+    operands = fp8.scaled_operands(x.detach(), fp8_layer.weight.detach(), fp8.TILE)
     x16, w16 = x.detach(), bf16.weight.detach()
     t = dict(
         bf16=timed(lambda: fwd_bwd(bf16), device, args.reps),
         fp8=timed(lambda: fwd_bwd(fp8_layer), device, args.reps),
         gemm_bf16=timed(lambda: x16 @ w16.t(), device, args.reps),
-        gemm_fp8=timed(lambda: kernel(qa, sa, qw, sw, fp8.TILE), device, args.reps),
+        gemm_fp8=timed(lambda: fp8.scaled_product(*operands, fp8.TILE), device, args.reps),
     )
     flops = 6 * args.tokens * k * m
     return dict(t, tflops_bf16=flops / t["bf16"] / 1e12, tflops_fp8=flops / t["fp8"] / 1e12)
@@ -205,8 +201,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-    path = "one block-scaled call" if fp8._uses_blockwise(device) else "128-wide row-wise slices"
-    print(f"# {where} (compute capability {cap}), torch {torch.__version__}; FP8 path: {path}")
+    print(f"# {where} (compute capability {cap}), torch {torch.__version__}")
     if device.type == "cuda" and not fp8.fp8_capable(device):
         print("# this GPU has no FP8 matmul (compute capability < 8.9): the FP8 figures will fail")
 
@@ -218,6 +213,8 @@ def main(argv=None) -> int:
         print(f"{r['name']:<22} {r['bf16'] * 1e3:9.2f} {r['fp8'] * 1e3:9.2f} {r['tflops_bf16']:10.2f} "
               f"{r['tflops_fp8']:9.2f} {r['bf16'] / r['fp8']:8.2f}x {r['gemm_bf16'] * 1e3:12.2f} "
               f"{r['gemm_fp8'] * 1e3:11.2f} {r['gemm_bf16'] / r['gemm_fp8']:5.2f}x")  # fmt: skip
+    path = "one block-scaled call" if fp8.fp8_training_pays(device) else "128-wide row-wise slices"
+    print(f"FP8 path taken: {path}")
     for group in args.shapes.split(","):
         sel = [r for r in rows if r["group"] == group]
         speed = sum(r["bf16"] for r in sel) / sum(r["fp8"] for r in sel)

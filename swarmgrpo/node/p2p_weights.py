@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from hivemind.p2p import P2PContext, PeerID
 
 from swarmgrpo.node.p2p_host import PeerHost, weights_key
-from swarmgrpo.node.weights import FP8, WeightError, WeightTransport, is_fp8, to_fp8
+from swarmgrpo.node.weights import WeightError, WeightTransport, check_format, is_fp8, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class P2PWeights(WeightTransport):
         self.run_id, self.holder_ttl = run_id, holder_ttl
         self._held: dict[int, tuple[bytes, str]] = {}  # version -> the file this node holds, its sha256
         self._fp8: dict[int, tuple[bytes, str]] = {}  # version -> its FP8 file made from the held one
+        self._making: dict[tuple[int, str], asyncio.Future] = {}  # (version, held sha256) -> to_fp8 run
         self._lock = threading.Lock()
         self._owns_host = host is None
         self.host = host if host is not None else PeerHost(host_maddrs, initial_peers)
@@ -74,6 +75,7 @@ class P2PWeights(WeightTransport):
     def publish(self, version: int, data: bytes, sha256: str, fp8: tuple[bytes, str] | None = None) -> None:
         with self._lock:
             self._held[version] = (bytes(data), sha256)
+            self._fp8.pop(version, None)  # made from a file this node may no longer hold
             if fp8 is not None:
                 self._fp8[version] = fp8
             for old in sorted(self._held)[: -self.keep]:
@@ -118,8 +120,7 @@ class P2PWeights(WeightTransport):
 
     async def _file_for(self, version: int, fmt: str) -> tuple[bytes, str]:
         """(bytes, sha256) this node serves for `version` in `fmt`; WeightError says why it cannot."""
-        if fmt not in ("", FP8):
-            raise WeightError(f"unknown weights format '{fmt}': ask for '' or '{FP8}'")
+        check_format(fmt)
         with self._lock:
             held, made = self._held.get(version), self._fp8.get(version)
             versions = sorted(self._held)
@@ -135,10 +136,22 @@ class P2PWeights(WeightTransport):
         if held_fp8:
             return held
         if made is None:
-            made = await asyncio.to_thread(to_fp8, held[0])  # the event loop keeps serving meanwhile
-            with self._lock:
-                if version in self._held:
-                    self._fp8[version] = made
+            made = await self._make_fp8(version, held)
+        return made
+
+    async def _make_fp8(self, version: int, held: tuple[bytes, str]) -> tuple[bytes, str]:
+        """The FP8 file of the held `version`, made once however many peers ask for it at the same
+        time (in a thread: the event loop keeps serving meanwhile); cached while that file is held."""
+        key = (version, held[1])
+        task = self._making.get(key)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(to_fp8, held[0]))
+            self._making[key] = task
+            task.add_done_callback(lambda _: self._making.pop(key, None))
+        made = await asyncio.shield(task)  # a requester that gives up does not stop it for the others
+        with self._lock:
+            if self._held.get(version) is held:
+                self._fp8[version] = made
         return made
 
     # ------------------------------------------------------------------ fetching

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -103,6 +104,12 @@ def to_fp8(data: bytes) -> tuple[bytes, str]:
     return _write(out)
 
 
+def check_format(fmt: str) -> None:
+    """Refuses a weights format other than "" (the transfer encoding) and FP8."""
+    if fmt not in ("", FP8):
+        raise WeightError(f"unknown weights format '{fmt}': ask for '' (the transfer encoding) or '{FP8}'")
+
+
 def is_fp8(data: bytes) -> bool:
     """Whether `data` is a block-FP8 weights file (False for anything unreadable)."""
     try:
@@ -111,18 +118,33 @@ def is_fp8(data: bytes) -> bool:
         return False
 
 
-def dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file with each block-FP8 weight multiplied back by its scales
-    (float32); tensors of any other file pass through unchanged."""
-    from swarmgrpo.trainer.fp8 import TILE, dequantize
+def dequantized(tensors: dict[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The tensors of a weights file with each block-FP8 weight multiplied back by its scales (in
+    float32, one tensor at a time as it is read: a whole model of float32 copies is never held);
+    tensors of any other file pass through unchanged."""
+    if not any(name.endswith(SCALE_SUFFIX) for name in tensors):
+        return tensors
+    return _Dequantized(tensors)
 
-    out = {}
-    for name, t in tensors.items():
+
+class _Dequantized(Mapping):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+        self.names = [n for n in tensors if not n.endswith(SCALE_SUFFIX)]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from swarmgrpo.trainer.fp8 import TILE, dequantize
+
         if name.endswith(SCALE_SUFFIX):
-            continue
-        scale = tensors.get(name + SCALE_SUFFIX)
-        out[name] = t if scale is None else dequantize(t, scale, TILE, TILE)
-    return out
+            raise KeyError(name)
+        t, scale = self.tensors[name], self.tensors.get(name + SCALE_SUFFIX)
+        return t if scale is None else dequantize(t, scale, TILE, TILE)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _header(data: bytes) -> dict:
@@ -159,7 +181,7 @@ def load_into(model: torch.nn.Module, data: bytes, expected_sha256: str = "") ->
     copy_weights(model, dequantized(views(data)))
 
 
-def copy_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def copy_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     """Copy `tensors` (state-dict names) into `model` in place; refuses a set that is not this model's."""
     state = model.state_dict()
     loaded = {state[k].data_ptr() for k in tensors if k in state}  # a tied weight is sent once
@@ -222,11 +244,10 @@ class FileWeights(WeightTransport):
         path = self._path(version)
         if not path.exists():
             raise WeightError(f"{path} does not exist: is every node using the same --weights-dir?")
+        check_format(fmt)
         data = path.read_bytes()
         if fmt == FP8:
             data, _ = to_fp8(data)
-        elif fmt:
-            raise WeightError(f"unknown weights format '{fmt}': use '' or '{FP8}'")
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
             raise WeightError(f"{path} does not match the published sha256" + (" (as FP8)" if fmt else ""))
         if sha256:

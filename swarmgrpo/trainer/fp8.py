@@ -50,16 +50,22 @@ BACKENDS = ("emulated", "scaled_mm")
 BLOCKWISE_CAPABILITY = (9, 0)  # PyTorch's BlockWise1x128 / 128x128 scaled matmul runs on Hopper only
 
 
+def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """x [R, C] with zero rows and columns added up to multiples of rows and cols, row-major (F.pad
+    keeps a transposed input's strides, and the FP8 kernels want row-major operands)."""
+    return F.pad(x, (0, -x.shape[1] % cols, 0, -x.shape[0] % rows)).contiguous()
+
+
 def _tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """x [R, C] padded with zeros to whole tiles, viewed as [R/rows, rows, C/cols, cols]."""
-    r, c = x.shape
-    padded = torch.nn.functional.pad(x, (0, -c % cols, 0, -r % rows))
+    padded = _pad(x, rows, cols)
     return padded.view(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols)
 
 
 def quantize(x: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [R, C] in tiles of rows × cols: e4m3 values [R, C] and float32 scales [R/rows, C/cols]
-    (rounded up), each tile's largest magnitude mapped to 448. An all-zero tile gets scale 1."""
+    """x [R, C] in tiles of rows × cols: e4m3 values [R, C] (row-major) and float32 scales
+    [R/rows, C/cols] (rounded up), each tile's largest magnitude mapped to 448. An all-zero tile gets
+    scale 1."""
     if x.dim() != 2:
         raise ValueError(f"quantize takes a matrix, got shape {tuple(x.shape)}")
     tiles = _tiles(x.float(), rows, cols)
@@ -67,7 +73,7 @@ def quantize(x: torch.Tensor, rows: int, cols: int) -> tuple[torch.Tensor, torch
     scale = torch.where(amax > 0, amax / E4M3_MAX, 1.0)
     q = (tiles / scale[:, None, :, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     r, c = x.shape
-    return q.view(tiles.shape[0] * rows, -1)[:r, :c], scale
+    return q.view(tiles.shape[0] * rows, -1)[:r, :c].contiguous(), scale
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -86,14 +92,11 @@ def emulated_matmul(a: torch.Tensor, a_tile: tuple[int, int], b: torch.Tensor, b
     return fake_quantize(a, *a_tile) @ fake_quantize(b, *b_tile)
 
 
-def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    return F.pad(x, (0, -x.shape[1] % cols, 0, -x.shape[0] % rows))
-
-
 def _slice_dtype(device: torch.device) -> torch.dtype:
-    """What a row-wise scaled matmul may return: float32 on CPU and Hopper; bf16 on other GPUs, whose
-    kernels take no other (each slice's sum is then rounded to bf16 before the float32 total)."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) != BLOCKWISE_CAPABILITY:
+    """What a row-wise scaled matmul may return: float32 on CPU and on Hopper with cuBLAS's block
+    scaling; bf16 on other GPUs, whose kernels take no other (each slice's sum is then rounded to
+    bf16 before the float32 total)."""
+    if device.type == "cuda" and not _uses_blockwise(device):
         return torch.bfloat16
     return torch.float32
 
@@ -107,8 +110,8 @@ def _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
         cols = slice(k * TILE, (k + 1) * TILE)
         scale_bt = sbt[:, k].repeat_interleave(bt_rows)[: qbt.shape[0]]
         part = torch._scaled_mm(
-            qa[:, cols],
-            qbt[:, cols].t(),  # column-major, as the kernels want their second operand
+            qa[:, cols].contiguous(),  # row-major with its own width: a kernel may take K as the stride
+            qbt[:, cols].contiguous().t(),  # column-major, as the kernels want their second operand
             scale_a=sa[:, k : k + 1].contiguous(),
             scale_b=scale_bt[None, :].contiguous(),
             out_dtype=out_dtype,
@@ -146,25 +149,34 @@ def _uses_blockwise(device: torch.device) -> bool:
     )
 
 
+def scaled_operands(a: torch.Tensor, bt: torch.Tensor, bt_rows: int):
+    """(qa, sa, qbt, sbt): the e4m3 operands of `scaled_matmul` and their scales. Zero padding leaves
+    every tile's scale and every sum as it was; the kernels want dimensions in multiples of 16 (of
+    128 for the one-call path)."""
+    align = TILE if _uses_blockwise(a.device) else 16
+    return (*quantize(_pad(a, align, TILE), 1, TILE), *quantize(_pad(bt, align, TILE), bt_rows, TILE))
+
+
+def scaled_product(qa, sa, qbt, sbt, bt_rows: int) -> torch.Tensor:
+    """The float32 product of `scaled_operands` (padded): one call on Hopper, else the slices."""
+    global _blockwise_failed
+    if _uses_blockwise(qa.device):
+        try:
+            return _blockwise_scaled_mm(qa, sa, qbt, sbt, bt_rows)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as e:  # a cuBLAS without block scaling: the slices, in bf16 slice sums
+            _blockwise_failed = True
+            log.warning("FP8: the one-call block-scaled matmul failed (%s); using 128-wide slices", e)
+    return _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows)
+
+
 def scaled_matmul(a: torch.Tensor, bt: torch.Tensor, bt_rows: int) -> torch.Tensor:
     """a @ bt.T in FP8 through PyTorch's scaled matmul, float32 out. Both operands are contracted along
     their last dimension: a [R, C] in 1×128 tiles, bt [S, C] in bt_rows×128 tiles (128: weight blocks;
     1: activations contracted over tokens). Equals `emulated_matmul(a, (1, 128), bt.T, (128, bt_rows))`
     up to the order of float32 sums."""
-    global _blockwise_failed
-    r, s = a.shape[0], bt.shape[0]
-    # Zero padding leaves every tile's scale and every sum as it was; the kernels want dimensions in
-    # multiples of 16 (of 128 for the one-call path).
-    align = TILE if _uses_blockwise(a.device) else 16
-    qa, sa = quantize(_pad(a, align, TILE), 1, TILE)
-    qbt, sbt = quantize(_pad(bt, align, TILE), bt_rows, TILE)
-    if _uses_blockwise(a.device):
-        try:
-            return _blockwise_scaled_mm(qa, sa, qbt, sbt, bt_rows)[:r, :s]
-        except RuntimeError as e:  # a driver or cuBLAS without block scaling: slower, same numbers
-            _blockwise_failed = True
-            log.warning("FP8: the one-call block-scaled matmul failed (%s); using 128-wide slices", e)
-    return _sliced_scaled_mm(qa, sa, qbt, sbt, bt_rows)[:r, :s]
+    return scaled_product(*scaled_operands(a, bt, bt_rows), bt_rows)[: a.shape[0], : bt.shape[0]]
 
 
 def _matmul(backend: str, a: torch.Tensor, bt: torch.Tensor, bt_rows: int) -> torch.Tensor:
@@ -195,12 +207,16 @@ class _FP8Linear(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown FP8 backend '{backend}': choose one of {', '.join(BACKENDS)}")
+
+
 def fp8_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "emulated"
 ) -> torch.Tensor:
     """`F.linear` with FP8 products; x [..., K], weight [M, K]; `backend` one of `BACKENDS`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown FP8 backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    _check_backend(backend)
     y = _FP8Linear.apply(x.reshape(-1, x.shape[-1]), weight, backend).view(*x.shape[:-1], weight.shape[0])
     return y + bias if bias is not None else y
 
@@ -220,8 +236,7 @@ def use_fp8_linears(
     """Turn the model's `nn.Linear` layers into `FP8Linear` in place (same parameters), except those
     whose name ends with one of `skip` (the head stays in high precision, as in DeepSeek-V3).
     Returns how many changed."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown FP8 backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    _check_backend(backend)
     changed = 0
     for name, module in model.named_modules():
         if type(module) is torch.nn.Linear and not name.endswith(skip):
@@ -232,7 +247,7 @@ def use_fp8_linears(
 
 
 def fp8_capable(device: torch.device) -> bool:
-    """Whether `device` multiplies e4m3 in hardware (compute capability >= 8.9)."""
+    """Whether `device` multiplies e4m3 in hardware (compute capability >= 8.9): vLLM's FP8 rollouts."""
     from swarmgrpo.node.hardware import FP8_MIN_CAPABILITY
 
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
@@ -241,3 +256,10 @@ def fp8_capable(device: torch.device) -> bool:
 def gpu_has_fp8() -> bool:
     """Whether this machine's first GPU multiplies FP8."""
     return torch.cuda.is_available() and fp8_capable(torch.device("cuda"))
+
+
+def fp8_training_pays(device: torch.device) -> bool:
+    """Whether FP8 training is the default (`fp8 = "auto"`) on `device`: where the one-call
+    block-scaled matmul runs (Hopper). On Ada and Blackwell the 128-wide slices, each adding a full
+    float32 product, are likely slower than bf16 (not measured yet); `fp8 = "on"` still uses them."""
+    return _uses_blockwise(device)

@@ -57,6 +57,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a module without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """Return `(model, tokenizer)` for a built-in name, a local folder, or a cached HF id."""
     if name == TINY:

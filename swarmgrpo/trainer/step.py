@@ -24,12 +24,14 @@ from collections.abc import Callable
 
 import torch
 
+from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.fp8 import fp8_capable, use_fp8_linears
+from swarmgrpo.trainer.fp8 import fp8_capable, fp8_training_pays, use_fp8_linears
 from swarmgrpo.trainer.fusedblocks import fuse_blocks
 from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, grpo_loss, token_logprobs
 from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head
 from swarmgrpo.trainer.heap import release_large_frees
+from swarmgrpo.trainer.models import model_device
 from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
 
 Reducer = Callable[[torch.nn.Module], None]
@@ -42,8 +44,13 @@ class GRPOStep:
         if cfg.beta > 0 and ref_model is None:
             raise ValueError("beta > 0 needs a reference model")
         self.model = model
-        self.device = next(model.parameters()).device  # the batches follow the model
-        self.fp8 = cfg.fp8 == "on" or (cfg.fp8 == "auto" and fp8_capable(self.device))
+        self.device = model_device(model)  # the batches follow the model
+        if cfg.fp8 == "on" and self.device.type == "cuda" and not fp8_capable(self.device):
+            raise UserError(
+                f'fp8 = "on", but this GPU (compute capability {torch.cuda.get_device_capability(self.device)}) '
+                'has no FP8 matmul (it needs 8.9 or more); set fp8 = "auto" or "off"'
+            )
+        self.fp8 = cfg.fp8 == "on" or (cfg.fp8 == "auto" and fp8_training_pays(self.device))
         if self.fp8:  # before fuse_blocks, which leaves an MLP of FP8 linears to them
             use_fp8_linears(model, backend="scaled_mm")
         release_large_frees()  # freed activations leave the process (see heap)

@@ -128,6 +128,50 @@ def test_a_holder_makes_the_fp8_file_from_its_own_and_an_fp8_holder_serves_only_
         fp8_holder.close()
 
 
+def test_a_republished_version_drops_its_old_fp8_file_and_peers_asking_at_once_share_one(client, monkeypatch):
+    """A trainer whose step lost re-syncs the same version with other weights: it must not go on
+    serving the FP8 file of its own; and one FP8 file is made however many peers ask at the same time."""
+    import threading
+    import time
+
+    import torch
+
+    from swarmgrpo.node import p2p_weights
+
+    made = []
+
+    def slow_to_fp8(data):  # slow enough that both requests arrive while it runs
+        made.append(1)
+        time.sleep(1.0)
+        return to_fp8(data)
+
+    monkeypatch.setattr(p2p_weights, "to_fp8", slow_to_fp8)
+    losing, winning = _model_file(), encode(torch.nn.Linear(256, 128))[0]
+    holder = P2PWeights(timeout=10)
+    fetchers = [P2PWeights(timeout=10) for _ in range(2)]
+    try:
+        holder.publish(6, losing, _sha(losing), fp8=to_fp8(losing))
+        holder.publish(6, winning, _sha(winning))
+        held = swarm_pb2.WeightHolder(node_id="h", peer_id=holder.peer_id, peer_addrs=holder.addrs)
+        fp8, sha8 = to_fp8(winning)
+        got = [None, None]
+
+        def fetch(i):
+            got[i] = fetchers[i].fetch(6, sha8, [held], FP8)
+
+        threads = [threading.Thread(target=fetch, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert got == [fp8, fp8]
+        assert len(made) == 1, "one FP8 file for both requests"
+        assert client.fetch(6, sha8, [held], FP8) == fp8 and len(made) == 1  # cached since
+    finally:
+        for w in [holder, *fetchers]:
+            w.close()
+
+
 def test_dead_and_silent_holders_are_skipped(holder_a, client):
     stopped = P2PWeights()
     dead = swarm_pb2.WeightHolder(node_id="dead", peer_id=stopped.peer_id, peer_addrs=stopped.addrs)

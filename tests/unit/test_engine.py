@@ -113,14 +113,14 @@ def test_draw_follows_the_distribution_and_never_picks_zero_probability():
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_the_engine_samples_where_the_model_is_and_gives_the_cpu_logprobs(tiny):
+def test_on_a_gpu_the_engine_samples_where_the_model_is_and_gives_the_cpu_logprobs(tiny, monkeypatch):
     """A model on the GPU: greedy completions equal the CPU's and log-probs match its forward."""
     import copy
 
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model, tok = tiny
     params = SamplingParams(max_tokens=8, temperature=0)
     cpu = TransformersEngine(model, tok).generate(PROMPTS, 2, params)
-    torch.backends.cuda.matmul.allow_tf32 = False
     gpu = TransformersEngine(copy.deepcopy(model).cuda(), tok).generate(PROMPTS, 2, params)
     for cs_cpu, cs_gpu in zip(cpu, gpu, strict=True):
         for a, b in zip(cs_cpu, cs_gpu, strict=True):

@@ -175,24 +175,59 @@ def test_an_unknown_backend_is_refused_with_the_choices():
         use_fp8_linears(torch.nn.Linear(4, 4), backend="te")
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), [*PRODUCTS, (4096, 4096, 11008, TILE)])
-def test_on_a_gpu_scaled_mm_gives_the_reference(r, c, s, bt_rows):
-    """The CUDA path: one block-scaled call on Hopper, 128-wide row-wise slices on Ada and Blackwell."""
-    device = torch.device("cuda")
+def test_scaled_operands_are_row_major_whatever_the_input_strides():
+    """F.pad keeps a transposed input's strides; the CUDA kernels refuse (or misread) such operands."""
+    a, bt = torch.randn(256, 512).t(), torch.randn(384, 256).t()  # the backward's transposed inputs
+    for operand in fp8_module.scaled_operands(a, bt, 1):
+        assert operand.is_contiguous()
+
+
+def _gpu_bound(a, bt, bt_rows):
+    """The sum-order bound, plus: Hopper's FP8 tensor cores accumulate with fewer bits than float32
+    between promotions (DeepSeek-V3), allowed 2^-12 of the magnitudes; on the slices each 128-wide
+    sum comes back rounded to bf16, 2^-9 of them."""
+    extra = 2.0**-12 if fp8_module._uses_blockwise(a.device) else 2.0**-9
+    magnitudes = fake_quantize(a, 1, TILE).abs() @ fake_quantize(bt, bt_rows, TILE).abs().t()
+    return sum_order_bound(a, bt, bt_rows) + extra * magnitudes
+
+
+@pytest.fixture
+def fp8_gpu(monkeypatch):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("this GPU has no FP8 matmul")
-    a = torch.randn(r, c, device=device)
-    bt = torch.randn(s, c, device=device) * 0.05
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # references in full float32
+    return torch.device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize(("r", "c", "s", "bt_rows"), [*PRODUCTS, (4096, 4096, 11008, TILE)])
+def test_on_a_gpu_scaled_mm_gives_the_reference(fp8_gpu, r, c, s, bt_rows, transposed):
+    """The CUDA path: one block-scaled call on Hopper, 128-wide row-wise slices on Ada and Blackwell;
+    inputs as they come (row-major) and as the backward passes them (transposed views)."""
+    if transposed:
+        a, bt = torch.randn(c, r, device=fp8_gpu).t(), (torch.randn(c, s, device=fp8_gpu) * 0.05).t()
+    else:
+        a, bt = torch.randn(r, c, device=fp8_gpu), torch.randn(s, c, device=fp8_gpu) * 0.05
     ref = emulated_matmul(a, (1, TILE), bt.t(), (TILE, bt_rows))
-    torch.backends.cuda.matmul.allow_tf32 = False  # the reference's products in full float32
     got = scaled_matmul(a, bt, bt_rows)
-    # Beyond the sum-order bound: Hopper's FP8 tensor cores accumulate with fewer bits than float32
-    # between promotions (DeepSeek-V3), allowed 2^-12 of the magnitudes; elsewhere each 128-wide
-    # slice comes back rounded to bf16, 2^-9 of them.
-    extra = 2.0**-12 if torch.cuda.get_device_capability() == BLOCKWISE_CAPABILITY else 2.0**-9
-    magnitudes = fake_quantize(a, 1, TILE).abs() @ fake_quantize(bt, bt_rows, TILE).abs().t()
-    bound = sum_order_bound(a, bt, bt_rows) + extra * magnitudes
-    assert ((got - ref).abs() <= bound).all()
+    assert ((got - ref).abs() <= _gpu_bound(a, bt, bt_rows)).all()
     if torch.cuda.get_device_capability() == BLOCKWISE_CAPABILITY:
         assert not fp8_module._blockwise_failed, "Hopper should take the one-call block-scaled path"
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_fp8_layer_gives_the_reference_layer_and_gradients(fp8_gpu):
+    weight = torch.randn(512, 1024, device=fp8_gpu) * 0.05
+    x = torch.randn(2048, 1024, device=fp8_gpu)
+    dy = torch.randn(2048, 512, device=fp8_gpu)
+    grads = {}
+    for backend in fp8_module.BACKENDS:
+        xb, wb = x.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        y = fp8_linear(xb.bfloat16(), wb, backend=backend)
+        (y.float() * dy).sum().backward()
+        grads[backend] = (y.detach().float(), xb.grad, wb.grad)
+    (y_e, gx_e, gw_e), (y_s, gx_s, gw_s) = grads["emulated"], grads["scaled_mm"]
+    assert ((y_s - y_e).abs() <= _gpu_bound(x, weight, TILE) + 2.0**-8 * y_e.abs()).all()  # bf16 out
+    assert ((gx_s - gx_e).abs() <= _gpu_bound(dy, weight.t(), TILE) + 2.0**-8 * gx_e.abs()).all()
+    assert ((gw_s - gw_e).abs() <= _gpu_bound(dy.t(), x.t(), 1)).all()

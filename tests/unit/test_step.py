@@ -220,13 +220,13 @@ def test_fp8_on_trains_every_linear_but_the_head_in_fp8_and_auto_leaves_a_cpu_mo
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_the_step_gives_the_cpu_gradients_and_auto_turns_fp8_on_where_it_can(tiny):
-    from swarmgrpo.trainer.fp8 import fp8_capable
+def test_on_a_gpu_the_step_gives_the_cpu_gradients_and_auto_trains_fp8_on_hopper(tiny, monkeypatch):
+    from swarmgrpo.trainer.fp8 import BLOCKWISE_CAPABILITY, FP8Linear
 
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     model, tok = tiny
     groups = _groups(model, tok, REWARDS)
     cpu, cpu_metrics = _grads(model, _cfg(model="tiny", fp8="off"), groups)
-    torch.backends.cuda.matmul.allow_tf32 = False
     gpu, gpu_metrics = _grads(copy.deepcopy(model).cuda(), _cfg(model="tiny", fp8="off"), groups)
     assert gpu.keys() == cpu.keys()
     for name in cpu:
@@ -234,6 +234,8 @@ def test_on_a_gpu_the_step_gives_the_cpu_gradients_and_auto_turns_fp8_on_where_i
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], atol=1e-5, rtol=1e-3)
     assert gpu_metrics["loss"] == pytest.approx(cpu_metrics["loss"], rel=1e-4, abs=1e-6)
     step = GRPOStep(copy.deepcopy(model).cuda(), _cfg(model="tiny"), 0)  # fp8 = "auto"
-    assert step.fp8 == fp8_capable(torch.device("cuda"))
+    hopper = torch.cuda.get_device_capability() == BLOCKWISE_CAPABILITY
+    assert step.fp8 is hopper  # the one-call block-scaled matmul only there (see trainer/fp8.py)
+    assert any(isinstance(m, FP8Linear) for m in step.model.modules()) is hopper
     metrics = step.train(groups)
     assert metrics["grad_norm"] > 0 and step.version == 1

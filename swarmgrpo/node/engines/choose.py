@@ -6,7 +6,8 @@ starts; otherwise transformers, with the reason logged. `vllm` asked for explici
 instead of falling back.
 
 FP8 rollouts (`fp8` in the run config): vLLM runs with `quantization="fp8"` where the run says "on", or
-"auto" on a GPU that multiplies FP8 (compute capability >= 8.9), so a volunteer changes nothing. The
+"auto" on a GPU that multiplies FP8 (compute capability >= 8.9) in a bf16 run (vLLM's FP8 takes bf16
+or fp16 activations, not float32), so a volunteer changes nothing. The
 log-probs then come from the FP8 policy while the trainer's are bf16 or FP8-trained float32; the
 truncated importance-sampling weight (`tis_cap`) corrects that mismatch as it does any other.
 """
@@ -75,8 +76,9 @@ def vllm_engine(cfg: TrainConfig, threads: int = 0) -> Engine:
 
 
 def rollout_fp8(cfg: TrainConfig) -> bool:
-    """Whether this node's vLLM rolls out in FP8: the run says "on", or "auto" on an FP8 GPU."""
-    return cfg.fp8 == "on" or (cfg.fp8 == "auto" and gpu_has_fp8())
+    """Whether this node's vLLM rolls out in FP8: the run says "on", or "auto" on an FP8 GPU in a
+    bf16 run."""
+    return cfg.fp8 == "on" or (cfg.fp8 == "auto" and cfg.dtype == "bfloat16" and gpu_has_fp8())
 
 
 def transformers_engine(cfg: TrainConfig, model, tokenizer) -> Engine:

@@ -9,6 +9,7 @@ import torch
 
 from swarmgrpo.node.engines.base import Completion, Engine, SamplingParams
 from swarmgrpo.node.weights import copy_weights
+from swarmgrpo.trainer.models import model_device
 
 # Legend: N = prompts × n sequences sampled together, P = padded prompt length, T = new tokens, V = vocab.
 
@@ -55,8 +56,7 @@ class TransformersEngine(Engine):
         for i, p in enumerate(prompts):  # left padding, so every row's new tokens start at column P
             ids_KP[i, width - len(p) :] = torch.tensor(p)
             mask_KP[i, width - len(p) :] = 1
-        param = next(self.model.parameters(), None)  # the inputs go where the model is
-        device = param.device if param is not None else torch.device("cpu")
+        device = model_device(self.model)  # the inputs go where the model is
         ids_KP, mask_KP = ids_KP.to(device), mask_KP.to(device)
         was_training = self.model.training
         self.model.eval()

@@ -102,6 +102,11 @@ class VLLMEngine(Engine):
                 "vLLM rolls out in FP8 only on a GPU with compute capability >= 8.9 and this node has "
                 'none; set fp8 = "auto" (FP8 where the hardware has it) or "off"'
             )
+        if quantization == "fp8" and dtype not in ("bfloat16", "float16"):
+            raise UserError(
+                f'vLLM rolls out in FP8 only with dtype = "bfloat16" and this run computes in {dtype}; '
+                'set dtype = "bfloat16", or fp8 = "auto" or "off"'
+            )
         self.quantization = quantization
         self.mode = logprobs_mode(temperature, top_p, top_k)
         if VLLMEngine._live is not None:
