@@ -152,16 +152,19 @@ class Node:
             reached,
         )
         torch.manual_seed(self.cfg.seed)
-        if role == "train":
-            self._load_model()
-        else:  # a vLLM engine loads the model itself: no transformers copy beside it
-            self.engine = build_engine(
-                self.opts.engine or self.cfg.engine, self.cfg, self._load_model, self.opts.threads
-            )
         beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_interval_s,), daemon=True)
         beat.start()
-        reason = "stopped"
         try:
+            # Inside the try: a model or engine this node cannot run (a device it lacks, say) still
+            # says goodbye to the coordinator before the error reaches the volunteer.
+            reason = "could not start its model or engine"
+            if role == "train":
+                self._load_model()
+            else:  # a vLLM engine loads the model itself: no transformers copy beside it
+                self.engine = build_engine(
+                    self.opts.engine or self.cfg.engine, self.cfg, self._load_model, self.opts.threads
+                )
+            reason = "stopped"
             if role == "train":
                 self.state_server = TrainStateServer(self.host, self._snapshot)
             if reply.policy_version > 0:

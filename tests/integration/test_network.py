@@ -15,6 +15,7 @@ import urllib.request
 
 import grpc
 import pytest
+import torch
 
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
@@ -312,6 +313,18 @@ def test_sigterm_leaves_cleanly(network):
     with network.db() as db:
         assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
         assert db.execute("SELECT COUNT(*) FROM leases WHERE state = 'open'").fetchone()[0] == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_a_node_asked_for_a_gpu_it_lacks_says_why_and_leaves(network):
+    network.start_coordinator()
+    node = network.start_node("trainer", "train", "--device", "cuda")
+    assert network.wait(node, 60, "trainer") == 2  # a UserError: one line, no traceback
+    log = network.log("trainer")
+    assert 'error: device "cuda" asked for, but torch sees no GPU' in log and "Traceback" not in log, log
+    assert "left the run (could not start its model or engine)" in log
+    with network.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
 
 
 @pytest.mark.parametrize("network", [{"train": {"save_steps": 1, "max_steps": 4}}], indirect=True)
