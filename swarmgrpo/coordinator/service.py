@@ -80,6 +80,7 @@ class StepTeam:
     # node id -> ((weight hash, FP8 weight hash or ""), metrics)
     reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
     winner: tuple[str, str] = ("", "")
+    device: str = "cpu"  # the device type every member trains on
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
@@ -92,6 +93,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.status_fn = status_fn
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
+        self.train_devices: dict[str, str] = {}  # node id -> the device its TrainBatch calls named
         self._changed = asyncio.Event()  # set (and replaced) whenever work or the policy moves
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
@@ -512,12 +514,20 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.25
             reply.message = f"step {v} has {have}/{self.prompts_per_step} groups"
             return reply
-        team = self.teams.get(v) or self._form_team(v, batch, node_id)
+        if request.device:
+            self.train_devices[node_id] = request.device
+        team = self.teams.get(v)
+        if team is None or (not team.reports and not self._any_alive(team.members)):
+            # none yet, or every worker of it died before reporting: the ones here form it (again)
+            team = self._form_team(v, batch, node_id, attempt=team.attempt + 1 if team else 0)
         if request.missing_node_ids and request.failed_attempt == team.attempt:
             self._drop_workers(v, team, set(request.missing_node_ids) - {node_id})
         if node_id not in team.members:
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.5
-            reply.message = f"step {v} is trained by {len(team.members)} other workers; join the next step"
+            reply.message = (
+                f"step {v} is trained by {len(team.members)} other workers on {team.device}; join the next "
+                "step (a team's workers share a device type, GPUs first)"
+            )
             return reply
         with self.store.tx():
             self.store.touch_node(node_id, activity="training")
@@ -540,27 +550,39 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 g.completions.add(token_ids=ids, logprobs=lps)
         return reply
 
-    def _form_team(self, step: int, batch, asking: str) -> StepTeam:
+    def _any_alive(self, node_ids: list[str]) -> bool:
+        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
+        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
+        return any(last_seen.get(m, 0) >= alive for m in node_ids)
+
+    def _form_team(self, step: int, batch, asking: str, attempt: int = 0) -> StepTeam:
         """The step's gradient workers: the live train-role nodes that hold version `step` now (the
         asking one included), in node-id order, each with every N-th group of the batch (by prompt
-        index)."""
+        index). They share one device type: GPU workers when any is live, else CPU workers. A CPU
+        worker would hold a GPU team back, and the two may not agree to the last bit on the same
+        update. A node's device is what its TrainBatch calls said, else its join capabilities."""
         alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        live = {  # ready workers: a train node still copying the state of this version waits
-            n["node_id"]
-            for n in self.store.nodes()
-            if "ROLE_TRAIN" in n["roles"]
-            and n["left_at"] is None
-            and n["last_seen"] >= alive
-            and n["peer_id"]
-            and n["policy_version"] == step
-        }
-        members = sorted(live | {asking})[: len(batch)]
-        if asking not in members:  # more workers than groups: the asking one takes another's place
+        device = {}  # ready workers: a train node still copying the state of this version waits
+        for n in self.store.nodes():
+            if n["node_id"] == asking or (
+                "ROLE_TRAIN" in n["roles"]
+                and n["left_at"] is None
+                and n["last_seen"] >= alive
+                and n["peer_id"]
+                and n["policy_version"] == step
+            ):
+                device[n["node_id"]] = self.train_devices.get(n["node_id"]) or n["capabilities"].get(
+                    "device", "cpu"
+                )
+        kind = "cuda" if "cuda" in device.values() else "cpu"
+        live = [m for m, d in device.items() if d == kind]
+        members = sorted(live)[: len(batch)]
+        if asking in live and asking not in members:  # more workers than groups: the asking one takes a place
             members = sorted([*members[:-1], asking])
         ordered = [r.id for r in sorted(batch, key=lambda r: r.prompt_index)]
         shards = {m: ordered[i :: len(members)] for i, m in enumerate(members)}
         self.teams = {s: t for s, t in self.teams.items() if s >= step}  # older steps are done
-        self.teams[step] = team = StepTeam(members, shards)
+        self.teams[step] = team = StepTeam(members, shards, attempt=attempt, device=kind)
         if len(members) > 1:
             log.info("step %d: %d gradient workers %s", step, len(members), [m[:8] for m in members])
         return team

@@ -50,7 +50,7 @@ from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model, resolve_device
+from swarmgrpo.trainer.models import load_model, model_device, resolve_device
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
 
@@ -194,6 +194,9 @@ class Node:
             self.host.close()
             self.client.close()
 
+    def _device(self) -> str:
+        return model_device(self.model).type
+
     def _load_model(self):
         """The run's model for training or the transformers engine, on this node's device."""
         device = resolve_device(self.opts.device or self.cfg.device)
@@ -297,7 +300,7 @@ class Node:
             except AllReduceError as e:
                 missing = [reply.workers[i].node_id for i in e.missing]
                 log.warning("step %d attempt %d: all-reduce failed (%s)", self.version, reply.attempt, e)
-                reply = self.client.train_batch(self.version, reply.attempt, missing)
+                reply = self.client.train_batch(self.version, reply.attempt, missing, device=self._device())
                 if reply.status != swarm_pb2.BATCH_READY:
                     return None
                 self.attempt = reply.attempt
@@ -500,7 +503,7 @@ class Node:
         out_dir = self.state_dir / "checkpoints"
         while not self.stop.is_set():
             self.activity = "waiting for rollouts"
-            reply = self.client.train_batch(self.version, wait_s=LONG_POLL_S)
+            reply = self.client.train_batch(self.version, wait_s=LONG_POLL_S, device=self._device())
             if reply.status == swarm_pb2.BATCH_FINISHED:
                 return
             if reply.status == swarm_pb2.BATCH_RESYNC:

@@ -73,10 +73,19 @@ class CoordinatorClient:
         return self.call("Submit", request)
 
     def train_batch(
-        self, step: int, failed_attempt: int = 0, missing_node_ids: list[str] = (), wait_s: float = 0.0
+        self,
+        step: int,
+        failed_attempt: int = 0,
+        missing_node_ids: list[str] = (),
+        wait_s: float = 0.0,
+        device: str = "",
     ) -> swarm_pb2.TrainBatchReply:
         request = swarm_pb2.TrainBatchRequest(
-            step=step, failed_attempt=failed_attempt, missing_node_ids=list(missing_node_ids), wait_s=wait_s
+            step=step,
+            failed_attempt=failed_attempt,
+            missing_node_ids=list(missing_node_ids),
+            wait_s=wait_s,
+            device=device,
         )
         return self.call("TrainBatch", request, timeout=60.0 + wait_s)
 

@@ -291,18 +291,20 @@ class GroupRewards(_message.Message):
     def __init__(self, rewards: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class TrainBatchRequest(_message.Message):
-    __slots__ = ("auth", "step", "failed_attempt", "missing_node_ids", "wait_s")
+    __slots__ = ("auth", "step", "failed_attempt", "missing_node_ids", "wait_s", "device")
     AUTH_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     FAILED_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MISSING_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     failed_attempt: int
     missing_node_ids: _containers.RepeatedScalarFieldContainer[str]
     wait_s: float
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., failed_attempt: _Optional[int] = ..., missing_node_ids: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ...) -> None: ...
+    device: str
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., failed_attempt: _Optional[int] = ..., missing_node_ids: _Optional[_Iterable[str]] = ..., wait_s: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
 
 class TrainGroup(_message.Message):
     __slots__ = ("prompt_index", "prompt_token_ids", "completions", "rewards", "policy_version")

@@ -205,6 +205,9 @@ def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
         "must be at most 1024 node ids of 32 characters",
         "name the workers from TrainBatchReply.workers that the all-reduce did not hear from",
     )
+    _check(
+        req.device in ("", "cpu", "cuda"), "device", f"'{req.device}' is not cpu or cuda", "send cpu or cuda"
+    )
 
 
 def _is_sha256(h: str) -> bool:

@@ -33,13 +33,21 @@ def network(tmp_path, request):
     net.close()
 
 
-def _join(net, key=None, token=TOKEN, protocol=PROTOCOL_VERSION, roles=(swarm_pb2.ROLE_ROLLOUT,), peer_id=""):
+def _join(
+    net,
+    key=None,
+    token=TOKEN,
+    protocol=PROTOCOL_VERSION,
+    roles=(swarm_pb2.ROLE_ROLLOUT,),
+    peer_id="",
+    device="cpu",
+):
     client = CoordinatorClient(net.address, key or NodeKey.generate(), patience_s=20)
     reply = client.join(
         swarm_pb2.JoinRequest(
             protocol_version=protocol,
             join_token=token,
-            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+            capabilities=swarm_pb2.Capabilities(device=device, cpu_cores=1),
             roles=list(roles),
             peer_id=peer_id,
         )
@@ -394,6 +402,29 @@ def test_a_heartbeat_sent_before_publication_does_not_leave_a_worker_out_of_the_
     team = b.train_batch(1)
     assert team.status == swarm_pb2.BATCH_READY
     assert sorted(w.node_id for w in team.workers) == [a.key.node_id, b.key.node_id]
+
+
+def test_a_step_team_shares_one_device_type_gpus_first_and_is_formed_again_if_it_dies(network):
+    """A CPU trainer beside a live GPU trainer waits (it would hold the GPU back, and the two may not
+    agree to the last bit); once the GPU trainer is gone before reporting, the CPU trainer takes the step."""
+    network.start_coordinator()
+    rollout, _ = _join(network)
+    cpu = _join(network, roles=(swarm_pb2.ROLE_TRAIN,), peer_id="peer-cpu")[0]
+    gpu = _join(network, roles=(swarm_pb2.ROLE_TRAIN,), peer_id="peer-gpu", device="cuda")[0]
+    assert rollout.submit(_fake_groups(rollout.lease(0, 2))).status == swarm_pb2.SUBMIT_ACCEPTED
+    waits = cpu.train_batch(0, device="cpu")
+    assert waits.status == swarm_pb2.BATCH_WAIT and "on cuda" in waits.message, waits
+    ready = gpu.train_batch(0, device="cuda")
+    assert ready.status == swarm_pb2.BATCH_READY and [w.node_id for w in ready.workers] == [gpu.key.node_id]
+    deadline = time.monotonic() + 30  # the GPU trainer says nothing more: 3 heartbeats (1 s) later it is gone
+    while (taken := cpu.train_batch(0, device="cpu")).status != swarm_pb2.BATCH_READY:
+        assert time.monotonic() < deadline, taken
+        cpu.heartbeat(0, "waiting", 0.0)
+        time.sleep(0.5)
+    assert [w.node_id for w in taken.workers] == [cpu.key.node_id] and taken.attempt == 1
+    assert len(taken.groups) == 2  # the whole batch
+    refused = gpu.report_step(0, "ab" * 32, {}, attempt=ready.attempt)  # the dead team's late report
+    assert refused.status == swarm_pb2.STEP_REJECTED, refused
 
 
 # Heartbeats every 5 s: the dead worker still counts as live for 15 s, so the next step's team

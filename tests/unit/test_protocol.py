@@ -349,3 +349,24 @@ def test_a_database_from_before_the_fp8_hash_gains_the_column_and_keeps_its_vers
         assert store.version_hashes(3) == ("", "")
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"step": 3, "device": "cuda"}, None),
+        ({"step": 3}, None),
+        ({"step": 3, "device": "tpu"}, "device"),
+        ({"step": 3, "missing_node_ids": ["short"]}, "missing_node_ids"),
+    ],
+)
+def test_train_batch(key, fields, field):
+    req = key.sign("TrainBatch", swarm_pb2.TrainBatchRequest(**fields))
+    if field is None:
+        validate.train_batch(req, LIMITS)
+        return
+    with pytest.raises(InvalidRequest) as e:
+        validate.train_batch(req, LIMITS)
+    assert e.value.field == field
+    if field == "device":
+        assert "'tpu' is not cpu or cuda" in str(e.value) and "send cpu or cuda" in str(e.value)
