@@ -197,7 +197,8 @@ def test_refusals_name_the_problem_and_store_nothing(network):
     )
     assert shown.returncode == 0, shown.stderr
     assert "policy version 0" in shown.stdout and "rollouts accepted 2" in shown.stdout
-    assert client.key.node_id[:8] in shown.stdout
+    row = next(line for line in shown.stdout.splitlines() if line.startswith(client.key.node_id[:8]))
+    assert row.split()[1:3] == ["rollout", "cpu"], shown.stdout  # role and device, as it joined
     nobody = subprocess.run(
         [sys.executable, "-m", "swarmgrpo", "status", "--coordinator", "127.0.0.1:1"],
         capture_output=True,
