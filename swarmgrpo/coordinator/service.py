@@ -80,7 +80,6 @@ class StepTeam:
     # node id -> ((weight hash, FP8 weight hash or ""), metrics)
     reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
     winner: tuple[str, str] = ("", "")
-    device: str = "cpu"  # the device type every member trains on
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
@@ -196,6 +195,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         roles = self._grant_roles(request)
         caps = {f.name: getattr(request.capabilities, f.name) for f in request.capabilities.DESCRIPTOR.fields}
         caps["engines"] = list(caps["engines"])
+        self.train_devices.pop(request.auth.node_id, None)  # a node joining again says it again
         with self.store.tx():
             self.store.upsert_node(
                 request.auth.node_id,
@@ -489,10 +489,23 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         v, k = self.version, self.cfg.max_staleness
         node_id = request.auth.node_id
         reply = swarm_pb2.TrainBatchReply(step=v)
+        if request.device:
+            self.train_devices[node_id] = request.device
         if self.finished:
             reply.status, reply.message = (
                 swarm_pb2.BATCH_FINISHED,
                 f"the run reached max_steps={self.cfg.train.max_steps}",
+            )
+            return reply
+        devices = self._trainer_devices(node_id)
+        gpus = [m for m, d in devices.items() if d == "cuda" and m != node_id]
+        if devices.get(node_id) != "cuda" and gpus:
+            # Standing by rather than re-syncing after every step: that would copy a GPU worker's
+            # whole training state each time for nothing.
+            reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 2.0
+            reply.message = (
+                f"standing by: {len(gpus)} GPU trainer{'s' * (len(gpus) != 1)} train this run, and a "
+                "step's workers share a device type; this trainer takes over when none is live"
             )
             return reply
         if request.step != v:
@@ -514,20 +527,17 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.25
             reply.message = f"step {v} has {have}/{self.prompts_per_step} groups"
             return reply
-        if request.device:
-            self.train_devices[node_id] = request.device
         team = self.teams.get(v)
-        if team is None or (not team.reports and not self._any_alive(team.members)):
-            # none yet, or every worker of it died before reporting: the ones here form it (again)
-            team = self._form_team(v, batch, node_id, attempt=team.attempt + 1 if team else 0)
+        lost = team is not None and not team.reports and not self._any_alive(team.members)
+        if team is None or (lost and not request.missing_node_ids):
+            # none yet, or every worker of it died before reporting: the ones here form it again (not
+            # from a call retrying an all-reduce, whose worker still holds its old shard's gradient)
+            team = self._form_team(v, batch, node_id, devices, attempt=team.attempt + 1 if team else 0)
         if request.missing_node_ids and request.failed_attempt == team.attempt:
             self._drop_workers(v, team, set(request.missing_node_ids) - {node_id})
         if node_id not in team.members:
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.5
-            reply.message = (
-                f"step {v} is trained by {len(team.members)} other workers on {team.device}; join the next "
-                "step (a team's workers share a device type, GPUs first)"
-            )
+            reply.message = f"step {v} is trained by {len(team.members)} other workers; join the next step"
             return reply
         with self.store.tx():
             self.store.touch_node(node_id, activity="training")
@@ -550,41 +560,55 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 g.completions.add(token_ids=ids, logprobs=lps)
         return reply
 
-    def _any_alive(self, node_ids: list[str]) -> bool:
+    def _live_nodes(self, asking: str = "") -> list[dict]:
+        """Nodes heard from within 3 heartbeats that have not left (and the asking one)."""
         alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
-        return any(last_seen.get(m, 0) >= alive for m in node_ids)
+        return [
+            n
+            for n in self.store.nodes()
+            if n["node_id"] == asking or (n["left_at"] is None and n["last_seen"] >= alive)
+        ]
 
-    def _form_team(self, step: int, batch, asking: str, attempt: int = 0) -> StepTeam:
+    def _any_alive(self, node_ids: list[str]) -> bool:
+        return any(n["node_id"] in node_ids for n in self._live_nodes())
+
+    def _trainer_devices(self, asking: str) -> dict[str, str]:
+        """Live train-role nodes (and the asking one) -> the device they train on: what their
+        TrainBatch calls said, else what they joined with."""
+        return {
+            n["node_id"]: self.train_devices.get(n["node_id"]) or n["capabilities"].get("device", "cpu")
+            for n in self._live_nodes(asking)
+            if "ROLE_TRAIN" in n["roles"] or n["node_id"] == asking
+        }
+
+    def _form_team(
+        self, step: int, batch, asking: str, devices: dict[str, str], attempt: int = 0
+    ) -> StepTeam:
         """The step's gradient workers: the live train-role nodes that hold version `step` now (the
         asking one included), in node-id order, each with every N-th group of the batch (by prompt
-        index). They share one device type: GPU workers when any is live, else CPU workers. A CPU
-        worker would hold a GPU team back, and the two may not agree to the last bit on the same
-        update. A node's device is what its TrainBatch calls said, else its join capabilities."""
-        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        device = {}  # ready workers: a train node still copying the state of this version waits
-        for n in self.store.nodes():
-            if n["node_id"] == asking or (
-                "ROLE_TRAIN" in n["roles"]
-                and n["left_at"] is None
-                and n["last_seen"] >= alive
-                and n["peer_id"]
-                and n["policy_version"] == step
-            ):
-                device[n["node_id"]] = self.train_devices.get(n["node_id"]) or n["capabilities"].get(
-                    "device", "cpu"
-                )
-        kind = "cuda" if "cuda" in device.values() else "cpu"
-        live = [m for m, d in device.items() if d == kind]
-        members = sorted(live)[: len(batch)]
-        if asking in live and asking not in members:  # more workers than groups: the asking one takes a place
+        index). They share the asking node's device type: GPU workers whenever any is live (the others
+        stand by, see `_train_batch`). A CPU worker would hold a GPU team back, and the two may not
+        agree to the last bit on the same update."""
+        kind = devices[asking]
+        live = {  # ready workers: a train node still copying the state of this version waits
+            n["node_id"]
+            for n in self._live_nodes()
+            if n["node_id"] in devices
+            and devices[n["node_id"]] == kind
+            and n["peer_id"]
+            and n["policy_version"] == step
+        }
+        members = sorted(live | {asking})[: len(batch)]
+        if asking not in members:  # more workers than groups: the asking one takes another's place
             members = sorted([*members[:-1], asking])
         ordered = [r.id for r in sorted(batch, key=lambda r: r.prompt_index)]
         shards = {m: ordered[i :: len(members)] for i, m in enumerate(members)}
         self.teams = {s: t for s, t in self.teams.items() if s >= step}  # older steps are done
-        self.teams[step] = team = StepTeam(members, shards, attempt=attempt, device=kind)
+        self.teams[step] = team = StepTeam(members, shards, attempt=attempt)
         if len(members) > 1:
-            log.info("step %d: %d gradient workers %s", step, len(members), [m[:8] for m in members])
+            log.info(
+                "step %d: %d gradient workers on %s %s", step, len(members), kind, [m[:8] for m in members]
+            )
         return team
 
     def _drop_workers(self, step: int, team: StepTeam, missing: set[str]) -> None:

@@ -24,13 +24,13 @@ def render(snap: dict) -> str:
             f"{len(dht.get('announced', {}))} nodes announced"
         )
     lines.append(
-        f"{'node':10} {'role':14} {'device':9} {'alive':5} {'policy':>6} {'stale':>5} {'tok/s':>7} {'tokens':>8} "
+        f"{'node':10} {'role':14} {'hardware':9} {'alive':5} {'policy':>6} {'stale':>5} {'tok/s':>7} {'tokens':>8} "
         f"{'rollouts':>8} {'steps':>5}  activity"
     )
     for n in snap.get("nodes", []):
         role = ",".join(r.removeprefix("ROLE_").lower() for r in n.get("roles", []))
         caps = n.get("capabilities", {})
-        device = caps.get("device", "?") + ("+fp8" if caps.get("fp8") else "")  # what it has, from its join
+        device = caps.get("device", "?") + ("+fp8" if caps.get("fp8") else "")  # what it joined with
         lines.append(
             f"{n['node_id'][:8]:10} {role:14} {device:9} {'yes' if n.get('alive') else 'no':5} {n['policy_version']:>6} "
             f"{n.get('staleness', 0):>5} {n['tokens_per_s']:>7.0f} {n['tokens_generated']:>8} "

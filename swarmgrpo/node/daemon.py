@@ -152,8 +152,6 @@ class Node:
             reached,
         )
         torch.manual_seed(self.cfg.seed)
-        beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_interval_s,), daemon=True)
-        beat.start()
         try:
             # Inside the try: a model or engine this node cannot run (a device it lacks, say) still
             # says goodbye to the coordinator before the error reaches the volunteer.
@@ -165,6 +163,9 @@ class Node:
                     self.opts.engine or self.cfg.engine, self.cfg, self._load_model, self.opts.threads
                 )
             reason = "stopped"
+            # Heartbeats from here: a trainer still loading its model does not count as a ready worker.
+            beat = threading.Thread(target=self._heartbeats, args=(reply.heartbeat_interval_s,), daemon=True)
+            beat.start()
             if role == "train":
                 self.state_server = TrainStateServer(self.host, self._snapshot)
             if reply.policy_version > 0:

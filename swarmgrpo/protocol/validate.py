@@ -206,7 +206,10 @@ def train_batch(req: swarm_pb2.TrainBatchRequest, limits: Limits) -> None:
         "name the workers from TrainBatchReply.workers that the all-reduce did not hear from",
     )
     _check(
-        req.device in ("", "cpu", "cuda"), "device", f"'{req.device}' is not cpu or cuda", "send cpu or cuda"
+        req.device in ("", "cpu", "cuda"),
+        "device",
+        f"'{req.device[:20]}' is not cpu or cuda",
+        "send cpu or cuda, or leave it empty for the device the node joined with",
     )
 
 

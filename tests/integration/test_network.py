@@ -406,24 +406,31 @@ def test_a_heartbeat_sent_before_publication_does_not_leave_a_worker_out_of_the_
 
 
 def test_a_step_team_shares_one_device_type_gpus_first_and_is_formed_again_if_it_dies(network):
-    """A CPU trainer beside a live GPU trainer waits (it would hold the GPU back, and the two may not
-    agree to the last bit); once the GPU trainer is gone before reporting, the CPU trainer takes the step."""
+    """CPU trainers stand by while a GPU trainer is live (a CPU worker would hold it back, and the two
+    may not agree to the last bit; standing by, they do not copy its state after every step); a node
+    trains on the device its TrainBatch calls name, whatever it joined with; once the GPU trainer is
+    gone before reporting, the CPU trainers form the step's team again and take it."""
     network.start_coordinator()
     rollout, _ = _join(network)
-    cpu = _join(network, roles=(swarm_pb2.ROLE_TRAIN,), peer_id="peer-cpu")[0]
-    gpu = _join(network, roles=(swarm_pb2.ROLE_TRAIN,), peer_id="peer-gpu", device="cuda")[0]
+    train = (swarm_pb2.ROLE_TRAIN,)
+    cpu = _join(network, roles=train, peer_id="peer-cpu")[0]
+    gpu = _join(network, roles=train, peer_id="peer-gpu", device="cuda")[0]
+    box = _join(network, roles=train, peer_id="peer-box", device="cuda")[0]  # a GPU box run with --device cpu
     assert rollout.submit(_fake_groups(rollout.lease(0, 2))).status == swarm_pb2.SUBMIT_ACCEPTED
     waits = cpu.train_batch(0, device="cpu")
-    assert waits.status == swarm_pb2.BATCH_WAIT and "on cuda" in waits.message, waits
+    assert waits.status == swarm_pb2.BATCH_WAIT and waits.message.startswith("standing by: 2 GPU trainers")
+    waits = box.train_batch(0, device="cpu")
+    assert waits.status == swarm_pb2.BATCH_WAIT and waits.message.startswith("standing by: 1 GPU trainer ")
     ready = gpu.train_batch(0, device="cuda")
     assert ready.status == swarm_pb2.BATCH_READY and [w.node_id for w in ready.workers] == [gpu.key.node_id]
     deadline = time.monotonic() + 30  # the GPU trainer says nothing more: 3 heartbeats (1 s) later it is gone
     while (taken := cpu.train_batch(0, device="cpu")).status != swarm_pb2.BATCH_READY:
-        assert time.monotonic() < deadline, taken
-        cpu.heartbeat(0, "waiting", 0.0)
+        assert time.monotonic() < deadline and taken.message.startswith("standing by"), taken
+        for client in (cpu, box):
+            client.heartbeat(0, "standing by", 0.0)
         time.sleep(0.5)
-    assert [w.node_id for w in taken.workers] == [cpu.key.node_id] and taken.attempt == 1
-    assert len(taken.groups) == 2  # the whole batch
+    assert sorted(w.node_id for w in taken.workers) == sorted([cpu.key.node_id, box.key.node_id])
+    assert taken.attempt == 1 and len(taken.groups) == 1  # the batch's 2 groups, one each
     refused = gpu.report_step(0, "ab" * 32, {}, attempt=ready.attempt)  # the dead team's late report
     assert refused.status == swarm_pb2.STEP_REJECTED, refused
 
