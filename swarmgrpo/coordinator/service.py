@@ -163,7 +163,6 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     def policy_state(self) -> swarm_pb2.PolicyState:
         v = self.version
-        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
         holders = [
             swarm_pb2.WeightHolder(
                 node_id=n["node_id"],
@@ -171,8 +170,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 peer_addrs=n["peer_addrs"],
                 policy_version=n["policy_version"],
             )
-            for n in sorted(self.store.nodes(), key=lambda n: -n["last_seen"])
-            if n["policy_version"] == v and n["left_at"] is None and n["last_seen"] >= alive and n["peer_id"]
+            for n in sorted(self._live_nodes(), key=lambda n: -n["last_seen"])
+            if n["policy_version"] == v and n["peer_id"]
         ]
         weight_hash, weight_hash_fp8 = self.store.version_hashes(v)
         return swarm_pb2.PolicyState(
@@ -208,9 +207,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
         log.info("node %s joined as %s", request.auth.node_id[:8], [swarm_pb2.Role.Name(r) for r in roles])
         peers = self.dht_addrs + list(self.cfg.dht_initial_peers)
-        recent = time.time() - 3 * self.cfg.heartbeat_interval_s
-        for n in self.store.nodes():  # live nodes only: a joiner dials every address it is given
-            if n["left_at"] is None and n["last_seen"] >= recent and n["node_id"] != request.auth.node_id:
+        for n in self._live_nodes():  # live nodes only: a joiner dials every address it is given
+            if n["node_id"] != request.auth.node_id:
                 peers += n["peer_addrs"]
         return swarm_pb2.JoinReply(
             node_id=request.auth.node_id,
@@ -227,13 +225,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         """Explicit roles are honoured; a node that offers any role trains if no live node does."""
         if len(request.roles) == 1:
             return list(request.roles)
-        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
         has_trainer = any(
-            "ROLE_TRAIN" in n["roles"]
-            and n["left_at"] is None
-            and n["last_seen"] >= alive
-            and n["node_id"] != request.auth.node_id
-            for n in self.store.nodes()
+            "ROLE_TRAIN" in n["roles"] and n["node_id"] != request.auth.node_id for n in self._live_nodes()
         )
         return [swarm_pb2.ROLE_ROLLOUT] if has_trainer else [swarm_pb2.ROLE_TRAIN]
 
@@ -299,9 +292,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         team = self.teams.get(v)
         if team is None or not team.reports or team.winner[0]:
             return
-        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
-        if not any(m not in team.reports and last_seen.get(m, 0) >= alive for m in team.members):
+        if not self._any_alive([m for m in team.members if m not in team.reports]):
             self._publish(v, team)
 
     def expire_leases(self, now: float | None = None) -> int:
@@ -570,7 +561,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         ]
 
     def _any_alive(self, node_ids: list[str]) -> bool:
-        return any(n["node_id"] in node_ids for n in self._live_nodes())
+        return any(n["node_id"] in node_ids for n in self._live_nodes())  # node_ids empty: False
 
     def _trainer_devices(self, asking: str) -> dict[str, str]:
         """Live train-role nodes (and the asking one) -> the device they train on: what their
@@ -647,9 +638,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
         # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
         team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
-        alive = time.time() - 3 * self.cfg.heartbeat_interval_s
-        last_seen = {n["node_id"]: n["last_seen"] for n in self.store.nodes()}
-        waiting = [m for m in team.members if m not in team.reports and last_seen.get(m, 0) >= alive]
+        live = {n["node_id"] for n in self._live_nodes()}
+        waiting = [m for m in team.members if m not in team.reports and m in live]
         if waiting:
             return swarm_pb2.StepReply(
                 status=swarm_pb2.STEP_PENDING,

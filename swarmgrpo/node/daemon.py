@@ -272,7 +272,7 @@ class Node:
 
     def _wants_fp8(self) -> bool:
         if self.opts.weights_format == "auto":
-            return getattr(self.engine, "quantization", None) == FP8
+            return self.engine.quantization == FP8
         return self.opts.weights_format == FP8
 
     def _average(self, step: GRPOStep, reply: swarm_pb2.TrainBatchReply, groups) -> dict | None:

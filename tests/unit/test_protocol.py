@@ -289,12 +289,18 @@ def test_step_report(key, weight_hash, metrics, field, fp8):
         "ReportStep",
         swarm_pb2.StepReport(step=1, weight_hash=weight_hash, metrics=metrics, weight_hash_fp8=fp8),
     )
+    _accepted_or_refused_on(validate.step_report, req, field)
+
+
+def _accepted_or_refused_on(check, req, field: str | None) -> InvalidRequest | None:
+    """`check(req)` passes when `field` is None, else refuses naming `field`; returns the refusal."""
     if field is None:
-        validate.step_report(req, LIMITS)
-        return
+        check(req, LIMITS)
+        return None
     with pytest.raises(InvalidRequest) as e:
-        validate.step_report(req, LIMITS)
+        check(req, LIMITS)
     assert e.value.field == field
+    return e.value
 
 
 # ---------------------------------------------------------------- packaging
@@ -362,11 +368,6 @@ def test_a_database_from_before_the_fp8_hash_gains_the_column_and_keeps_its_vers
 )
 def test_train_batch(key, fields, field):
     req = key.sign("TrainBatch", swarm_pb2.TrainBatchRequest(**fields))
-    if field is None:
-        validate.train_batch(req, LIMITS)
-        return
-    with pytest.raises(InvalidRequest) as e:
-        validate.train_batch(req, LIMITS)
-    assert e.value.field == field
+    refusal = _accepted_or_refused_on(validate.train_batch, req, field)
     if field == "device":
-        assert "'tpu' is not cpu or cuda" in str(e.value) and "send cpu or cuda" in str(e.value)
+        assert "'tpu' is not cpu or cuda" in str(refusal) and "send cpu or cuda" in str(refusal)

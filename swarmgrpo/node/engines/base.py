@@ -34,6 +34,9 @@ class Completion:
 class Engine(ABC):
     """Generates completions with the current policy weights."""
 
+    quantization: str | None = None
+    """"fp8" where the engine's linear layers run in FP8 (vLLM on an FP8 GPU), else None."""
+
     @abstractmethod
     def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
         """`n` completions for each prompt (token ids), in prompt order."""
