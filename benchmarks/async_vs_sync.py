@@ -104,6 +104,7 @@ micro_batch_size = {args.micro_batch}
 dtype = "{args.dtype}"
 engine = "{args.engine}"
 save_steps = {args.eval_every}
+save_total_limit = 0  # every checkpoint is scored afterwards
 max_completion_length = {args.max_completion_length}
 learning_rate = {3e-2 if args.model == "tiny" else 1e-5}
 advantage_estimator = "dr_grpo"

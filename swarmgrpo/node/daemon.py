@@ -584,6 +584,7 @@ class Node:
                 step.optimizer,
                 self.cfg,
                 TrainerState(self.version, self.version, 0),
+                keep=self.cfg.save_total_limit,
             )
             log.info("checkpoint %s", path)
 

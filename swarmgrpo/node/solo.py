@@ -70,7 +70,9 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         bar.update(1)
         (log if bar.disable else bar.write)(_log_line(metrics))  # bar.write keeps the bar below the lines
         if state.step == cfg.max_steps or (cfg.save_steps and state.step % cfg.save_steps == 0):
-            checkpoint = save_checkpoint(cfg.output_dir, model, tokenizer, step.optimizer, cfg, state)
+            checkpoint = save_checkpoint(
+                cfg.output_dir, model, tokenizer, step.optimizer, cfg, state, keep=cfg.save_total_limit
+            )
     bar.close()
     summary.update(final_step=state.step, checkpoint=str(checkpoint) if checkpoint else None)
     if cfg.eval_n:

@@ -2,7 +2,9 @@
 tokenizer, the run config (TOML), the optimizer state and the trainer state (step, version, RNG).
 
 A checkpoint is written to a hidden staging folder and renamed into place, so a crash mid-write
-never leaves a half checkpoint that `latest_checkpoint` would pick up.
+never leaves a half checkpoint that `latest_checkpoint` would pick up. Only once the new one is in
+place are the oldest removed, down to `keep` (SmolLM2-135M's checkpoint is ~1.6 GB with its AdamW
+moments: a node that kept every one would fill a volunteer's disk in a long run).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ class TrainerState:
     prompts_consumed: int
 
 
-def save_checkpoint(output_dir: str | Path, model, tokenizer, optimizer, cfg, state: TrainerState) -> Path:
+def save_checkpoint(
+    output_dir: str | Path, model, tokenizer, optimizer, cfg, state: TrainerState, keep: int = 0
+) -> Path:
+    """Write `checkpoint-<step>`, then remove the oldest so that the newest `keep` remain (0: all)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{PREFIX}{state.step}"
@@ -46,19 +51,28 @@ def save_checkpoint(output_dir: str | Path, model, tokenizer, optimizer, cfg, st
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if keep:
+        for old in _checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints in `out`, oldest first."""
+    found = [
+        p
+        for p in out.glob(f"{PREFIX}*")
+        if p.name[len(PREFIX) :].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     out = Path(output_dir)
     if not out.is_dir():
         return None
-    found = [
-        p
-        for p in out.glob(f"{PREFIX}*")
-        if p.name[len(PREFIX) :].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return max(found, key=lambda p: int(p.name[len(PREFIX) :]), default=None)
+    found = _checkpoints(out)
+    return found[-1] if found else None
 
 
 def load_trainer_state(checkpoint: Path, optimizer) -> TrainerState:

@@ -141,6 +141,10 @@ class TrainConfig:
     save_steps: int = 0
     """Checkpoint every this many steps; 0 saves only at the end."""
 
+    save_total_limit: int = 2
+    """Keep only the newest this many checkpoints in output_dir (a trainer node's state folder); 0
+    keeps them all. SmolLM2-135M's is ~1.6 GB with its optimizer state."""
+
     resume: bool = True
     """Continue from the newest checkpoint in output_dir when there is one."""
 
@@ -207,7 +211,15 @@ class TrainConfig:
         for name in ("learning_rate", "epsilon"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be > 0, got {getattr(self, name)}", f"set a positive {name}")
-        for name in ("beta", "weight_decay", "max_grad_norm", "save_steps", "eval_n", "top_k"):
+        for name in (
+            "beta",
+            "weight_decay",
+            "max_grad_norm",
+            "save_steps",
+            "save_total_limit",
+            "eval_n",
+            "top_k",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(
                     name, f"must be >= 0, got {getattr(self, name)}", f"set {name} to 0 or more"
