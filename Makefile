@@ -28,7 +28,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	SWARMGRPO_REQUIRE_VLLM=1 $(PY) -m pytest -q -m "not slow"
+	SWARMGRPO_REQUIRE_VLLM=1 $(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
