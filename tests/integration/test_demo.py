@@ -17,10 +17,10 @@ def test_the_demo_trains_a_network_and_scores_the_checkpoint(tmp_path):
     out = tmp_path / "demo"
     stale = out / "left-from-an-earlier-demo"
     stale.mkdir(parents=True)
+    demo = [sys.executable, "-m", "swarmgrpo", "demo", "--config", str(ROOT / "deploy/demo.toml")]
     sizes = ["train.model=tiny", "train.max_steps=2", "train.eval_n=4", "train.max_completion_length=8"]
     result = subprocess.run(
-        [sys.executable, "-m", "swarmgrpo", "demo", "--config", str(ROOT / "deploy/demo.toml")]
-        + ["--out", str(out), "--rollout-nodes", "1", *sizes, "train.generation_batch_size=16"],
+        [*demo, "--out", str(out), "--rollout-nodes", "1", *sizes, "train.generation_batch_size=16"],
         capture_output=True,
         text=True,
         timeout=300,
