@@ -48,7 +48,13 @@ from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.signing import NodeKey
-from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
+from swarmgrpo.trainer.checkpoint import (
+    CheckpointError,
+    TrainerState,
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model, model_device, resolve_device
 from swarmgrpo.trainer.rollouts import RolloutGroup
@@ -577,16 +583,21 @@ class Node:
         if (
             self.cfg.save_steps and self.version % self.cfg.save_steps == 0
         ) or self.version >= self.cfg.max_steps:
-            path = save_checkpoint(
-                out_dir,
-                self.model,
-                self.tokenizer,
-                step.optimizer,
-                self.cfg,
-                TrainerState(self.version, self.version, 0),
-                keep=self.cfg.save_total_limit,
-            )
-            log.info("checkpoint %s", path)
+            try:
+                path = save_checkpoint(
+                    out_dir,
+                    self.model,
+                    self.tokenizer,
+                    step.optimizer,
+                    self.cfg,
+                    TrainerState(self.version, self.version, 0),
+                    keep=self.cfg.save_total_limit,
+                )
+                log.info("checkpoint %s", path)
+            except CheckpointError as e:
+                # The version is published and its weights held: only a fast restart is lost (a
+                # restarted node syncs from its peers instead), so the node trains on.
+                log.error("%s. Training goes on without it.", e)
 
 
 def main(opts: NodeOptions) -> None:

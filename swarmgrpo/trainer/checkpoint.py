@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from swarmgrpo.protocol.configtree import render_toml
+from swarmgrpo.protocol.errors import UserError
 
 PREFIX = "checkpoint-"
 
@@ -33,11 +34,18 @@ class TrainerState:
 def save_checkpoint(
     output_dir: str | Path, model, tokenizer, optimizer, cfg, state: TrainerState, keep: int = 0
 ) -> Path:
-    """Write `checkpoint-<step>`, then remove the oldest so that the newest `keep` remain (0: all)."""
+    """Write `checkpoint-<step>`, then remove the oldest so that the newest `keep` remain (0: all).
+
+    A write that fails (a full disk, a file-size limit, no permission) raises CheckpointError naming
+    the folder, the cause, the room it needs and the fix; nothing half-written is left, and no older
+    checkpoint is removed."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / f"{PREFIX}{state.step}"
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{PREFIX}"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{PREFIX}"))
+    except OSError as e:
+        raise CheckpointError(target, e, model, optimizer) from e
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -48,6 +56,11 @@ def save_checkpoint(
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+    except Exception as e:
+        # What fails here is the writing: torch.save reports a full disk as "unexpected pos 576 vs
+        # 534" and safetensors as its own error type, so every failure gets the sentence below.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError(target, e, model, optimizer) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -55,6 +68,28 @@ def save_checkpoint(
         for old in _checkpoints(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+class CheckpointError(UserError):
+    """A checkpoint could not be written. A node logs it and trains on; `swarmgrpo train` stops with
+    it (its metrics and earlier checkpoints stay, so it resumes from the newest)."""
+
+    def __init__(self, target: Path, cause: Exception, model, optimizer):
+        tensors = list(model.state_dict().values()) + [
+            t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
+        ]
+        unique = {t.data_ptr(): t for t in tensors}  # a tied head is the embedding, stored once
+        need = sum(t.numel() * t.element_size() for t in unique.values())
+        try:
+            existing = next(p for p in target.parents if p.exists())
+            free = f"{shutil.disk_usage(existing).free / 1e9:.1f} GB free there"
+        except (OSError, StopIteration):
+            free = "free space unknown"
+        super().__init__(
+            f"could not write checkpoint {target}: {type(cause).__name__}: {cause} ({free}; a checkpoint "
+            f"of this model takes ~{need / 1e9:.2f} GB). Free space on that disk, point output_dir (a "
+            "node: --state-dir) at another, or lower save_total_limit"
+        )
 
 
 def _checkpoints(out: Path) -> list[Path]:

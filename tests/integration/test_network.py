@@ -20,7 +20,9 @@ import torch
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
 from swarmgrpo.protocol.signing import NodeKey
+from swarmgrpo.trainer.models import SMOLLM2, resolve_model_path
 from tests.integration.netfixtures import TOKEN, Network
+from tests.limits import file_size_limit
 
 pytestmark = pytest.mark.integration
 
@@ -355,6 +357,27 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     assert f"optimizer state and RNG of policy {stopped_at}" in log, log[-3000:]
     assert "synced to policy" not in log
     assert _count(network, "SELECT MAX(version) FROM versions") == 4
+
+
+@pytest.mark.parametrize("network", [{"train": {"save_steps": 1, "max_steps": 3}}], indirect=True)
+def test_a_trainer_that_cannot_write_its_checkpoints_trains_on(network):
+    """A full disk costs a trainer node its checkpoints (a fast restart), not the run: it logs why
+    and how to fix it, and goes on publishing versions."""
+    resolve_model_path(SMOLLM2)  # the tokenizer's cache is built before the limit, not under it
+    network.start_coordinator()
+    with file_size_limit(8 << 20):  # the tiny model's weights are 13 MB: as on a disk that is full
+        trainer = network.start_node("trainer", "train", weights="p2p")
+    rollout = network.start_node("rollout", "rollout", weights="p2p")
+    assert network.wait(trainer, 240, "trainer") == 0, network.logs()
+    assert network.wait(rollout, 120, "rollout") == 0, network.logs()
+    assert _count(network, "SELECT MAX(version) FROM versions") == 3
+    log = network.log("trainer")
+    failures = re.findall(
+        r"could not write checkpoint \S+checkpoint-(\d+): .*Training goes on without it", log
+    )
+    assert failures == ["1", "2", "3"], log[-3000:]
+    assert "File too large" in log and "lower save_total_limit" in log
+    assert not list((network.root / "trainer" / "checkpoints").iterdir())  # nothing half-written
 
 
 @pytest.mark.parametrize(

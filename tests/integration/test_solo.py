@@ -11,7 +11,8 @@ import torch
 from swarmgrpo.node.solo import train
 from swarmgrpo.protocol.configtree import load_config
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model
+from swarmgrpo.trainer.models import SMOLLM2, load_model, resolve_model_path
+from tests.limits import file_size_limit
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -125,6 +126,31 @@ def test_reward_function_that_raises_stops_with_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
     assert "reward function" in result.stderr and "unset task.reward_fn" in result.stderr
     assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_the_fix_and_keeps_the_metrics(tmp_path):
+    resolve_model_path(SMOLLM2)  # the tokenizer's cache is built before the limit, not under it
+    out = tmp_path / "out"
+    with file_size_limit(8 << 20):  # the tiny model's weights are 13 MB: as on a disk that is full
+        result = _cli(
+            "train",
+            "model=tiny",
+            "task.name=uppercase",
+            "generation_batch_size=8",
+            "max_completion_length=4",
+            "max_steps=3",
+            "save_steps=1",
+            f"output_dir={out}",
+            cwd=REPO,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert f"could not write checkpoint {out / 'checkpoint-1'}" in errors[0]
+    assert "File too large" in errors[0] and "lower save_total_limit" in errors[0]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # the step it took is recorded
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # nothing half-written
 
 
 def test_print_config_shows_resolved_values():

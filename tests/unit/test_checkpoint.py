@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from swarmgrpo.protocol.errors import ConfigError
-from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, save_checkpoint
+from swarmgrpo.trainer.checkpoint import CheckpointError, TrainerState, latest_checkpoint, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
+from tests.limits import file_size_limit
 
 
 def _save(out, tiny, step, keep):
     model, tok = tiny
     optimizer = torch.optim.AdamW(model.parameters())
+    for p in model.parameters():
+        optimizer.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
     return save_checkpoint(out, model, tok, optimizer, TrainConfig(), TrainerState(step, step, 0), keep=keep)
 
 
@@ -32,16 +35,16 @@ def test_zero_keeps_every_checkpoint(tiny, tmp_path):
     assert _names(tmp_path) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
 
 
-def test_a_save_that_fails_removes_no_older_checkpoint(tiny, tmp_path, monkeypatch):
+def test_a_save_that_fails_names_the_cause_and_removes_nothing(tiny, tmp_path):
     for step in (1, 2):
         _save(tmp_path, tiny, step, keep=2)
-
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError) as failed, file_size_limit(1 << 20):  # the tiny model is 13 MB
         _save(tmp_path, tiny, 3, keep=2)
+    message = str(failed.value)
+    assert f"could not write checkpoint {tmp_path / 'checkpoint-3'}" in message
+    assert "File too large" in message and "GB free there" in message, message
+    assert "a checkpoint of this model takes ~0.04 GB" in message  # fp32 weights + both AdamW moments
+    assert "lower save_total_limit" in message
     assert _names(tmp_path) == ["checkpoint-1", "checkpoint-2"]  # nor a half-written one
 
 
