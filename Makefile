@@ -25,10 +25,20 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/swarmgrpo demo --config deploy/demo.toml
 
-test: $(STAMP)
+# The dashboard test's browser: Debian's Chromium, which playwright (a dev dependency) drives; it
+# downloads no browser of its own. Needs root (or sudo) the first time.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	SWARMGRPO_REQUIRE_VLLM=1 $(PY) -m pytest -q -m "not slow" --durations=15
+	SWARMGRPO_REQUIRE_VLLM=1 SWARMGRPO_REQUIRE_BROWSER=1 SWARMGRPO_CHROMIUM=$(CHROMIUM) \
+		$(PY) -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -1,7 +1,7 @@
 """`swarmgrpo coordinator`: wires the store, the gRPC service and the HTTP side, and runs until stopped.
 
     open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → DHT peer on `dht_listen`
-    → gRPC on `listen` → HTTP /status, /metrics on `http_listen`
+    → gRPC on `listen` → HTTP / (the dashboard), /status, /metrics on `http_listen`
     → every second: expire leases and publish a step whose live workers have all reported;
       every heartbeat interval: read the nodes announced in the DHT
     → SIGINT/SIGTERM stops
@@ -35,29 +35,48 @@ log = logging.getLogger("swarmgrpo.coordinator")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+WEB = Path(__file__).with_name("web")
+PAGES = {  # path -> (file, content type): the dashboard, a page with no outside assets
+    "/": ("dashboard.html", "text/html; charset=utf-8"),
+    "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+}
+# Scripts and styles from this server only: no inline script, so text a node reports could never run.
+CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+
+
 def _http_server(cfg: RunConfig, db_path: Path, dht: dict) -> ThreadingHTTPServer:
     local = threading.local()
+    run = status.run_summary(cfg)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             if not hasattr(local, "store"):
                 local.store = Store(db_path, readonly=True)
-            if self.path.split("?")[0] == "/status":
+            path = self.path.split("?")[0]
+            if path == "/status":
                 body = json.dumps(
-                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht), indent=1
+                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run), indent=1
                 ).encode()
                 ctype = "application/json"
-            elif self.path.split("?")[0] == "/metrics":
+            elif path == "/metrics":
                 body, ctype = (
                     status.metrics_text(local.store, cfg.heartbeat_interval_s, dht),
                     "text/plain; version=0.0.4",
                 )
+            elif path in PAGES:
+                name, ctype = PAGES[path]
+                body = (WEB / name).read_bytes()
             else:
-                self.send_error(404, "try /status or /metrics")
+                self.send_error(404, "try / (the dashboard), /status or /metrics")
                 return
             self.send_response(200)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", CSP)
             self.end_headers()
             self.wfile.write(body)
 
@@ -89,7 +108,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
         cfg,
         store,
         run,
-        status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht),
+        status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht, status.run_summary(cfg)),
         dht_addrs=host.addrs if host else [],
     )
     server = grpc.aio.server(

@@ -11,8 +11,23 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from swarmgrpo.coordinator.store import Store
 
 
-def snapshot(store: Store, heartbeat_interval_s: float, dht: dict | None = None) -> dict:
-    """`dht`: the coordinator's DHT view ({"peer_id", "addrs", "announced": {node_id: record}}) or None."""
+def run_summary(cfg) -> dict:
+    """What a reader of the status needs from the run config (a RunConfig): the rest stays private."""
+    t = cfg.train
+    return {
+        "model": t.model,
+        "task": t.task.name,
+        "max_steps": t.max_steps,
+        "num_generations": t.num_generations,
+        "max_staleness": cfg.max_staleness,
+    }
+
+
+def snapshot(
+    store: Store, heartbeat_interval_s: float, dht: dict | None = None, run: dict | None = None
+) -> dict:
+    """`dht`: the coordinator's DHT view ({"peer_id", "addrs", "announced": {node_id: record}}) or None;
+    `run`: `run_summary` of the config."""
     now = time.time()
     versions = store.versions()
     nodes = store.nodes()
@@ -24,6 +39,7 @@ def snapshot(store: Store, heartbeat_interval_s: float, dht: dict | None = None)
     last = versions[-1]["metrics"] if versions else {}
     return {
         "run_id": store.get_meta("run_id"),
+        "run": run or {},
         "policy_version": v,
         "counts": store.counts(),
         "last_step": last,

@@ -1,0 +1,174 @@
+"""The coordinator's dashboard in a real headless Chromium, against a real network on loopback.
+
+Skipped without Chromium, except under SWARMGRPO_REQUIRE_BROWSER=1 (`make test` sets it, and installs
+Debian's `chromium`)."""
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+
+import pytest
+
+from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
+from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.protocol.signing import NodeKey
+from tests.integration.netfixtures import TOKEN, Network
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("SWARMGRPO_CHROMIUM", "/usr/bin/chromium")
+# What a closed network needs: no background connections, no first-run or update checks.
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("SWARMGRPO_REQUIRE_BROWSER") == "1":
+            raise RuntimeError(
+                f"SWARMGRPO_REQUIRE_BROWSER=1 but {CHROMIUM} is missing: apt-get install chromium"
+            )
+        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def network(tmp_path):
+    net = Network(tmp_path, train={"max_steps": 3})
+    yield net
+    net.close()
+
+
+def _status(net) -> dict:
+    return json.loads(urllib.request.urlopen(f"http://{net.http}/status", timeout=10).read())
+
+
+def _until(condition, timeout: float = 20.0) -> None:
+    """Poll from here: the page's CSP forbids the eval that page.wait_for_function polls with."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the page did not get there in time"
+        time.sleep(0.1)
+
+
+def _page(browser, net):
+    page = browser.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"http://{net.http}/?poll_ms=250")
+    return page, errors
+
+
+def test_the_dashboard_follows_a_run_and_says_when_the_coordinator_is_gone(browser, network):
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train")
+    rollout = network.start_node("rollout", "rollout")
+    page, errors = _page(browser, network)
+    assert network.wait(trainer, 240, "trainer") == 0, network.logs()
+    assert network.wait(rollout, 120, "rollout") == 0, network.logs()
+    _until(lambda: page.text_content("#version") == "3 / 3")
+    _until(lambda: page.locator("#nodes tbody tr.gone").count() == 2)
+    snap = _status(network)
+
+    # the figures are the coordinator's
+    counts = snap["counts"]
+    assert page.text_content("#run-id") == snap["run_id"]
+    assert "model tiny" in page.text_content("#run-info") and "task uppercase" in page.text_content(
+        "#run-info"
+    )
+    assert (
+        page.text_content("#accepted") == str(counts["rollouts_accepted"]) and counts["rollouts_accepted"] > 0
+    )
+    assert page.text_content("#trained") == str(counts["rollouts_trained"])
+    assert page.text_content("#alive") == "0 / 2"  # both finished and left
+    # one marker per published version, each labelled with its reward
+    titles = page.eval_on_selector_all("#chart-reward circle title", "ts => ts.map(t => t.textContent)")
+    expected = [
+        f"version {s['version']}: {s['reward_mean']:.3f} ± {s['reward_std']:.3f}" for s in snap["steps"]
+    ]
+    assert titles == expected and len(titles) == 3
+    assert page.locator("#chart-loss circle").count() == 3
+    # a row per node, with the columns of `swarmgrpo status`
+    rows = {
+        r["id"]: r["cells"]
+        for r in page.eval_on_selector_all(
+            "#nodes tbody tr",
+            "trs => trs.map(tr => ({id: tr.dataset.nodeId, cells: [...tr.cells].map(c => c.textContent)}))",
+        )
+    }
+    for n in snap["nodes"]:
+        cells = rows[n["node_id"]]
+        role = n["roles"][0].removeprefix("ROLE_").lower()
+        assert cells[:4] == [n["node_id"][:8], role, "cpu", "no"], cells
+        assert cells[7:10] == [
+            str(n["tokens_generated"]),
+            str(n["rollouts_accepted"]),
+            str(n["steps_trained"]),
+        ]
+        assert cells[11] == "left"
+    assert page.is_hidden("#banner")
+    assert not errors, errors
+
+    network.kill9_coordinator()
+    page.wait_for_selector("#banner", state="visible", timeout=10_000)
+    assert "coordinator unreachable" in page.text_content("#banner")
+    assert page.locator("#nodes tbody tr").count() == 2  # what it last knew stays on the page
+    assert page.text_content("#version") == "3 / 3"
+    assert errors and all("ERR_CONNECTION_REFUSED" in e for e in errors), errors  # the polls, nothing else
+
+
+def test_text_a_node_reports_is_shown_as_text_never_run(browser, network):
+    """A node's activity is the node's to choose: the page must show it, not execute it."""
+    network.start_coordinator()
+    client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+    client.join(
+        swarm_pb2.JoinRequest(
+            protocol_version=PROTOCOL_VERSION,
+            join_token=TOKEN,
+            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+            roles=[swarm_pb2.ROLE_ROLLOUT],
+        )
+    )
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    client.heartbeat(0, hostile, 12.0)
+    page, errors = _page(browser, network)
+    page.wait_for_selector("#nodes tbody tr", timeout=20_000)
+    assert page.text_content("#nodes tbody tr td:last-child") == hostile
+    assert page.locator("#nodes img, #nodes script").count() == 0
+    page.wait_for_timeout(500)  # a few polls: an onerror handler would have run by now
+    assert page.evaluate("window.pwned") is None
+    assert page.text_content("#alive") == "1 / 1"
+    assert page.text_content("#chart-reward text") == "no steps yet"
+    assert not errors, errors
+
+
+def test_the_dashboard_is_served_with_a_policy_that_forbids_inline_script(network):
+    network.start_coordinator()
+    with urllib.request.urlopen(f"http://{network.http}/", timeout=10) as reply:
+        assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+        csp = reply.headers["Content-Security-Policy"]
+        page = reply.read().decode()
+    assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+    assert '<script src="dashboard.js"' in page and "<script>" not in page
+    for asset, kind in [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")]:
+        with urllib.request.urlopen(f"http://{network.http}/{asset}", timeout=10) as reply:
+            assert reply.headers["Content-Type"].startswith(kind) and reply.read()
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"http://{network.http}/nope", timeout=10)
+    assert missing.value.code == 404 and "the dashboard" in missing.value.read().decode()
