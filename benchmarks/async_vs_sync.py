@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 from swarmgrpo.localnet import Processes
+from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 TARGET_SPEEDUP_K1 = 1.8
 
@@ -163,7 +164,8 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     db.close()
     gen_s = [g for (g,) in gen[1:]] or [g for (g,) in gen]  # the first carries warm-up
     checkpoints = sorted(
-        (root / "trainer" / "checkpoints").glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[1])
+        node_checkpoints(root / "trainer", f"bench-seed{seed}-k{k}").glob("checkpoint-*"),
+        key=lambda c: int(c.name.split("-")[1]),
     )
     versions = [v for v, _, _ in rows]
     # every scored checkpoint with its wall time since version 1 (the clock of the steps/s figure),

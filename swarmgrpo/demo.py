@@ -20,6 +20,7 @@ from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.view import render
 from swarmgrpo.localnet import Processes
 from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 
 def _eval(model_path: str, cfg: RunConfig, label: str) -> dict:
@@ -83,7 +84,7 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
         summary["train_wall_s"] = time.time() - t0
     finally:
         procs.stop()
-    checkpoint = out / "trainer" / "checkpoints" / f"checkpoint-{cfg.train.max_steps}"
+    checkpoint = node_checkpoints(out / "trainer", cfg.run_id) / f"checkpoint-{cfg.train.max_steps}"
     summary["checkpoint"] = str(checkpoint)
     summary["steps"] = snap["steps"]
     if cfg.train.eval_n:

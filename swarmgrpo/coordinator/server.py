@@ -57,7 +57,9 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict) -> ThreadingHTTPServe
             path = self.path.split("?")[0]
             if path == "/status":
                 body = json.dumps(
-                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run), indent=1
+                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run),
+                    indent=1,
+                    allow_nan=False,
                 ).encode()
                 ctype = "application/json"
             elif path == "/metrics":

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -457,6 +458,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             self.store.close_lease(lease, "submitted", done=[g.prompt_index for g in request.groups])
             self.store.add_counts(node_id, tokens=tokens, rollouts=len(request.groups))
             gen_tps = tokens / request.generation_s if request.generation_s > 0 else 0.0
+            if not math.isfinite(gen_tps):  # a generation_s of 5e-324 s: finite, and no rate
+                gen_tps = 0.0
             self.store.touch_node(node_id, tokens_per_s=gen_tps)
         self._notify()
         reply.status = swarm_pb2.SUBMIT_ACCEPTED

@@ -3,6 +3,7 @@ the Prometheus metrics of /metrics. Read-only; the HTTP side uses its own connec
 
 from __future__ import annotations
 
+import math
 import time
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,17 +38,31 @@ def snapshot(
         n["staleness"] = v - n["policy_version"]
         n["in_dht"] = bool(dht) and n["node_id"] in dht.get("announced", {})
     last = versions[-1]["metrics"] if versions else {}
-    return {
-        "run_id": store.get_meta("run_id"),
-        "run": run or {},
-        "policy_version": v,
-        "counts": store.counts(),
-        "last_step": last,
-        "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
-        "nodes": nodes,
-        "dht": dht or {},
-        "time": now,
-    }
+    return _finite(
+        {
+            "run_id": store.get_meta("run_id"),
+            "run": run or {},
+            "policy_version": v,
+            "counts": store.counts(),
+            "last_step": last,
+            "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
+            "nodes": nodes,
+            "dht": dht or {},
+            "time": now,
+        }
+    )
+
+
+def _finite(value):
+    """`value` with every non-finite float as None: JSON has no Infinity or NaN, and a browser's
+    JSON.parse refuses the whole /status over one."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Collector:
@@ -65,7 +80,7 @@ class _Collector:
             kind = GaugeMetricFamily if name.startswith("leases_open") else CounterMetricFamily
             yield kind(f"swarmgrpo_{name}", f"{name.replace('_', ' ')}", value=value)
         for key in ("reward_mean", "loss", "grad_norm", "accuracy"):
-            if key in snap["last_step"]:
+            if snap["last_step"].get(key) is not None:
                 yield GaugeMetricFamily(
                     f"swarmgrpo_last_step_{key}", f"{key} of the last step", value=snap["last_step"][key]
                 )
@@ -76,7 +91,8 @@ class _Collector:
         )
         for n in snap["nodes"]:
             alive.add_metric([n["node_id"]], float(n["alive"]))
-            tps.add_metric([n["node_id"]], n["tokens_per_s"])
+            if n["tokens_per_s"] is not None:
+                tps.add_metric([n["node_id"]], n["tokens_per_s"])
             tokens.add_metric([n["node_id"]], n["tokens_generated"])
         yield alive
         if snap["dht"]:

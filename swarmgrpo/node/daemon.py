@@ -53,6 +53,7 @@ from swarmgrpo.trainer.checkpoint import (
     TrainerState,
     latest_checkpoint,
     load_trainer_state,
+    node_checkpoints,
     save_checkpoint,
 )
 from swarmgrpo.trainer.config import TrainConfig
@@ -61,6 +62,8 @@ from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
 
 log = logging.getLogger("swarmgrpo.node")
+# How many a node keeps is the run's save_total_limit; where they go is the volunteer's.
+NODE_CHECKPOINT_FIX = "Free space on that disk, or start the node with --state-dir on another"
 ROLES = {"rollout": swarm_pb2.ROLE_ROLLOUT, "train": swarm_pb2.ROLE_TRAIN}
 # A node with nothing to do lets the coordinator hold its Lease / TrainBatch call this long: the
 # answer comes the moment work or a new policy appears (no polling delay), and SIGTERM is
@@ -409,7 +412,7 @@ class Node:
         """A restarted trainer continues exactly from its own checkpoint of the run's current version
         (float32 weights, AdamW state, RNG) when it has one whose bf16 encoding is the published
         hash; otherwise it takes the peers' bf16 weights and starts a fresh optimizer state (logged)."""
-        ckpt = latest_checkpoint(self.state_dir / "checkpoints")
+        ckpt = latest_checkpoint(node_checkpoints(self.state_dir, self.run_id))
         if ckpt is None:
             return None
         state = json.loads((ckpt / "trainer_state.json").read_text())
@@ -507,7 +510,7 @@ class Node:
         if self.pending_state is not None:
             step.optimizer.load_state_dict(self.pending_state["optimizer"])
         self.step = step
-        out_dir = self.state_dir / "checkpoints"
+        out_dir = node_checkpoints(self.state_dir, self.run_id)
         while not self.stop.is_set():
             self.activity = "waiting for rollouts"
             reply = self.client.train_batch(self.version, wait_s=LONG_POLL_S, device=self._device())
@@ -592,6 +595,7 @@ class Node:
                     self.cfg,
                     TrainerState(self.version, self.version, 0),
                     keep=self.cfg.save_total_limit,
+                    fix=NODE_CHECKPOINT_FIX,
                 )
                 log.info("checkpoint %s", path)
             except CheckpointError as e:

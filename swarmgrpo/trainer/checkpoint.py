@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.errors import UserError
@@ -31,21 +33,41 @@ class TrainerState:
     prompts_consumed: int
 
 
+def node_checkpoints(state_dir: str | Path, run_id: str) -> Path:
+    """Where a trainer node keeps a run's checkpoints: one folder per run, since a volunteer's state
+    folder outlives runs, and one run's checkpoints must neither be taken for another's nor crowd
+    them out of `save_total_limit`."""
+    return Path(state_dir) / "checkpoints" / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+SOLO_FIX = "Free space on that disk, point output_dir at another, or lower save_total_limit"
+
+
 def save_checkpoint(
-    output_dir: str | Path, model, tokenizer, optimizer, cfg, state: TrainerState, keep: int = 0
+    output_dir: str | Path,
+    model,
+    tokenizer,
+    optimizer,
+    cfg,
+    state: TrainerState,
+    keep: int = 0,
+    fix: str = SOLO_FIX,
 ) -> Path:
-    """Write `checkpoint-<step>`, then remove the oldest so that the newest `keep` remain (0: all).
+    """Write `checkpoint-<step>`, then remove older ones so that `keep` remain with it (0: all). The
+    one just written is always kept, even beside checkpoints with higher steps (a reused folder).
 
     A write that fails (a full disk, a file-size limit, no permission) raises CheckpointError naming
-    the folder, the cause, the room it needs and the fix; nothing half-written is left, and no older
+    the folder, the cause, the room it needs and `fix`; nothing half-written is left, and no other
     checkpoint is removed."""
     out = Path(output_dir)
     target = out / f"{PREFIX}{state.step}"
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for leftover in out.glob(f".{PREFIX}*"):  # a save or a removal that a kill cut short
+            shutil.rmtree(leftover, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{PREFIX}"))
     except OSError as e:
-        raise CheckpointError(target, e, model, optimizer) from e
+        raise CheckpointError(target, e, model, optimizer, fix) from e
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -54,27 +76,36 @@ def save_checkpoint(
         torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, staging / "rng.pt")
         (staging / "trainer_state.json").write_text(json.dumps(state.__dict__))
         if target.exists():
-            shutil.rmtree(target)
+            _remove(target)
         staging.rename(target)
-    except Exception as e:
-        # What fails here is the writing: torch.save reports a full disk as "unexpected pos 576 vs
-        # 534" and safetensors as its own error type, so every failure gets the sentence below.
+    except (OSError, RuntimeError, SafetensorError) as e:
+        # The writers' errors: torch.save reports a full disk as "unexpected pos 576 vs 534" (a
+        # RuntimeError) and safetensors with its own type. Anything else is a bug and stays one.
         shutil.rmtree(staging, ignore_errors=True)
-        raise CheckpointError(target, e, model, optimizer) from e
+        raise CheckpointError(target, e, model, optimizer, fix) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if keep:
-        for old in _checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        others = [c for c in _checkpoints(out) if c != target]
+        for old in others[: max(0, len(others) - (keep - 1))]:
+            _remove(old)
     return target
+
+
+def _remove(checkpoint: Path) -> None:
+    """Out of sight first (a hidden name), then deleted: a removal cut short leaves no folder that
+    looks like a checkpoint, and the next save clears what is left."""
+    hidden = checkpoint.with_name(f".{checkpoint.name}-removing")
+    checkpoint.rename(hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 class CheckpointError(UserError):
     """A checkpoint could not be written. A node logs it and trains on; `swarmgrpo train` stops with
     it (its metrics and earlier checkpoints stay, so it resumes from the newest)."""
 
-    def __init__(self, target: Path, cause: Exception, model, optimizer):
+    def __init__(self, target: Path, cause: Exception, model, optimizer, fix: str):
         tensors = list(model.state_dict().values()) + [
             t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)
         ]
@@ -87,8 +118,7 @@ class CheckpointError(UserError):
             free = "free space unknown"
         super().__init__(
             f"could not write checkpoint {target}: {type(cause).__name__}: {cause} ({free}; a checkpoint "
-            f"of this model takes ~{need / 1e9:.2f} GB). Free space on that disk, point output_dir (a "
-            "node: --state-dir) at another, or lower save_total_limit"
+            f"of this model takes ~{need / 1e9:.2f} GB). {fix}"
         )
 
 

@@ -31,7 +31,7 @@ def test_the_demo_trains_a_network_and_scores_the_checkpoint(tmp_path):
     assert [s["version"] for s in summary["steps"]] == [1, 2]
     assert summary["eval_before"]["n"] == summary["eval_after"]["n"] == 4
     checkpoint = Path(summary["checkpoint"])
-    assert checkpoint == out / "trainer" / "checkpoints" / "checkpoint-2"
+    assert checkpoint == out / "trainer" / "checkpoints" / "demo" / "checkpoint-2"  # the run's own folder
     assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "optimizer.pt").is_file()
     assert "held-out accuracy before" in result.stdout and "held-out accuracy after" in result.stdout
     assert "step   2/2" in result.stdout

@@ -29,6 +29,41 @@ def test_only_the_newest_checkpoints_are_kept(tiny, tmp_path):
     assert latest_checkpoint(tmp_path).name == "checkpoint-10"
 
 
+def test_the_checkpoint_just_written_is_kept_beside_higher_steps(tiny, tmp_path):
+    """A reused folder (an earlier run's steps 400 and 500): pruning must not take the new one."""
+    for step in (400, 500):
+        _save(tmp_path, tiny, step, keep=2)
+    path = _save(tmp_path, tiny, 2, keep=2)
+    assert path.is_dir() and _names(tmp_path) == ["checkpoint-2", "checkpoint-500"]
+
+
+def test_what_a_killed_save_or_removal_left_is_cleared_by_the_next_save(tiny, tmp_path):
+    (tmp_path / ".checkpoint-abc123").mkdir()  # staging of a save cut short
+    (tmp_path / ".checkpoint-7-removing").mkdir()  # a removal cut short
+    _save(tmp_path, tiny, 8, keep=2)
+    assert _names(tmp_path) == ["checkpoint-8"]
+
+
+def test_a_bug_in_the_saving_code_stays_a_bug(tiny, tmp_path):
+    """Only the writers' errors are a full disk's sentence; anything else keeps its own traceback."""
+    model, _ = tiny
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise TypeError("a programming error")
+
+    with pytest.raises(TypeError, match="a programming error"):
+        save_checkpoint(
+            tmp_path,
+            model,
+            Broken(),
+            torch.optim.AdamW(model.parameters()),
+            TrainConfig(),
+            TrainerState(1, 1, 0),
+        )
+    assert _names(tmp_path) == []  # its staging folder is gone too
+
+
 def test_zero_keeps_every_checkpoint(tiny, tmp_path):
     for step in (1, 2, 3):
         _save(tmp_path, tiny, step, keep=0)

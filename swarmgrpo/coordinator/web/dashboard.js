@@ -3,7 +3,8 @@
 // as HTML, and the server's Content-Security-Policy allows no inline script besides.
 "use strict";
 
-const POLL_MS = Number(new URLSearchParams(location.search).get("poll_ms")) || 2000;
+// ?poll_ms= sets the period; under 250 ms it would only load the coordinator
+const POLL_MS = Math.max(250, Number(new URLSearchParams(location.search).get("poll_ms")) || 2000);
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_MARKERS = 300; // past this many versions a chart draws its line only
 let lastOk = null;
@@ -125,18 +126,34 @@ function render(snap) {
   $("no-nodes").hidden = nodes.length > 0;
 }
 
+function warn(text) {
+  $("banner").textContent = text;
+  $("banner").hidden = false;
+}
+
 async function poll() {
   try {
-    const reply = await fetch("status", { cache: "no-store", signal: AbortSignal.timeout(10000) });
-    if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
-    render(await reply.json());
+    let snap;
+    try {
+      const reply = await fetch("status", { cache: "no-store", signal: AbortSignal.timeout(10000) });
+      if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
+      snap = await reply.json();
+    } catch (e) {
+      const since = lastOk ? `the figures below are from ${clock(lastOk)}` : "no figures yet";
+      warn(`coordinator unreachable (${e.message}); retrying every ${POLL_MS / 1000} s; ${since}`);
+      return;
+    }
+    try {
+      render(snap);
+    } catch (e) {
+      // the coordinator answered: a page that cannot draw its answer must not blame it
+      console.error(e);
+      warn(`this page could not draw the coordinator's status (${e.message}); /status has it raw`);
+      return;
+    }
     lastOk = Date.now();
     $("banner").hidden = true;
     $("updated").textContent = `updated ${clock(lastOk)}`;
-  } catch (e) {
-    const since = lastOk ? `the figures below are from ${clock(lastOk)}` : "no figures yet";
-    $("banner").textContent = `coordinator unreachable (${e.message}); retrying every ${POLL_MS / 1000} s; ${since}`;
-    $("banner").hidden = false;
   } finally {
     setTimeout(poll, POLL_MS);
   }
