@@ -20,6 +20,7 @@ import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import grpc
 
@@ -54,13 +55,15 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict) -> ThreadingHTTPServe
         def do_GET(self):
             if not hasattr(local, "store"):
                 local.store = Store(db_path, readonly=True)
-            path = self.path.split("?")[0]
+            path, _, query = self.path.partition("?")
             if path == "/status":
-                body = json.dumps(
-                    status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run),
-                    indent=1,
-                    allow_nan=False,
-                ).encode()
+                since = parse_qs(query).get("since", ["0"])[-1]
+                if not since.isdigit():
+                    # not echoed: a decoded %0d%0a in it would end the status line
+                    self.send_error(400, "since must be a version number, e.g. /status?since=12")
+                    return
+                snap = status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run, since=int(since))
+                body = json.dumps(snap, indent=1, allow_nan=False).encode()
                 ctype = "application/json"
             elif path == "/metrics":
                 body, ctype = (

@@ -25,19 +25,25 @@ def run_summary(cfg) -> dict:
 
 
 def snapshot(
-    store: Store, heartbeat_interval_s: float, dht: dict | None = None, run: dict | None = None
+    store: Store,
+    heartbeat_interval_s: float,
+    dht: dict | None = None,
+    run: dict | None = None,
+    since: int = 0,
 ) -> dict:
     """`dht`: the coordinator's DHT view ({"peer_id", "addrs", "announced": {node_id: record}}) or None;
-    `run`: `run_summary` of the config."""
+    `run`: `run_summary` of the config; `since`: "steps" holds only the versions after it (a page
+    that polls has the others: a long run's whole history every 2 s would be megabytes)."""
     now = time.time()
-    versions = store.versions()
-    nodes = store.nodes()
     v = store.policy_version
+    versions = store.versions(since)
+    latest = versions[-1:] or store.versions(v - 1)  # the last step's metrics, whatever `since` is
+    nodes = store.nodes()
     for n in nodes:
         n["alive"] = n["left_at"] is None and now - n["last_seen"] <= 3 * heartbeat_interval_s
         n["staleness"] = v - n["policy_version"]
         n["in_dht"] = bool(dht) and n["node_id"] in dht.get("announced", {})
-    last = versions[-1]["metrics"] if versions else {}
+    last = latest[-1]["metrics"] if latest else {}
     return _finite(
         {
             "run_id": store.get_meta("run_id"),
@@ -46,6 +52,7 @@ def snapshot(
             "counts": store.counts(),
             "last_step": last,
             "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
+            "steps_since": since,
             "nodes": nodes,
             "dht": dht or {},
             "time": now,

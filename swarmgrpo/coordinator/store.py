@@ -333,9 +333,12 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else ("", "")
 
-    def versions(self) -> list[dict]:
+    def versions(self, since: int = 0) -> list[dict]:
+        """The published versions after `since`, oldest first."""
         rows = self.db.execute(
-            "SELECT version, weight_hash, node_id, published_at, metrics FROM versions ORDER BY version"
+            "SELECT version, weight_hash, node_id, published_at, metrics FROM versions WHERE version > ? "
+            "ORDER BY version",
+            (since,),
         )
         return [
             {"version": v, "weight_hash": h, "node_id": n, "published_at": t, "metrics": json.loads(m)}

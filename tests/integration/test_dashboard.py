@@ -75,8 +75,8 @@ def open_page(browser):
         page.close()
 
 
-def _status(net) -> dict:
-    body = urllib.request.urlopen(f"http://{net.http}/status", timeout=10).read()
+def _status(net, query: str = "") -> dict:
+    body = urllib.request.urlopen(f"http://{net.http}/status{query}", timeout=10).read()
     return json.loads(body, parse_constant=lambda c: pytest.fail(f"/status holds {c}: not JSON"))
 
 
@@ -118,6 +118,10 @@ def test_the_dashboard_follows_a_run_and_says_when_the_coordinator_is_gone(open_
         assert abs(float(mean) - step["reward_mean"]) <= 6e-4
         assert abs(float(std) - step["reward_std"]) <= 6e-4
     assert page.locator("#chart-loss circle").count() == 3
+    # what the page polls with: only the versions after `since`, and the last step whatever it is
+    assert [s["version"] for s in _status(network, "?since=2")["steps"]] == [3]
+    latest = _status(network, "?since=3")
+    assert latest["steps"] == [] and latest["last_step"] == snap["last_step"] and latest["steps_since"] == 3
     # a row per node, with the columns of `swarmgrpo status`
     script = "trs => trs.map(tr => ({id: tr.dataset.nodeId, cells: [...tr.cells].map(c => c.textContent)}))"
     rows = {r["id"]: r["cells"] for r in page.eval_on_selector_all("#nodes tbody tr", script)}
@@ -191,6 +195,11 @@ def test_the_dashboard_is_served_with_a_policy_that_forbids_inline_script(networ
     for asset, kind in [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")]:
         with urllib.request.urlopen(f"http://{network.http}/{asset}", timeout=10) as reply:
             assert reply.headers["Content-Type"].startswith(kind) and reply.read()
+    for bad in ("x", "-1", "%0d%0aSet-Cookie:%20a=b"):  # refused, and never echoed into the headers
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{network.http}/status?since={bad}", timeout=10)
+        assert refused.value.code == 400 and "Set-Cookie" not in refused.value.headers
+        assert "since must be a version number" in refused.value.read().decode()
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://{network.http}/nope", timeout=10)
     assert missing.value.code == 404 and "the dashboard" in missing.value.read().decode()

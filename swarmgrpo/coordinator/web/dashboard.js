@@ -8,6 +8,24 @@ const POLL_MS = Math.max(250, Number(new URLSearchParams(location.search).get("p
 const SVG = "http://www.w3.org/2000/svg";
 const MAX_MARKERS = 300; // past this many versions a chart draws its line only
 let lastOk = null;
+// Every step seen so far: each poll asks only for the versions after the last one (?since=).
+let steps = [];
+let runId = null;
+
+const newest = () => (steps.length ? steps[steps.length - 1].version : 0);
+
+// Adds a poll's steps to those seen; false if the page must start over (another run on the same
+// address, or its state reset), in which case the next poll asks for every step again.
+function takeSteps(snap) {
+  if (snap.run_id !== runId || snap.policy_version < newest()) {
+    const whole = snap.steps_since === 0;
+    steps = whole ? snap.steps || [] : [];
+    runId = snap.run_id;
+    return whole;
+  }
+  steps = steps.concat((snap.steps || []).filter((s) => s.version > newest()));
+  return true;
+}
 
 const $ = (id) => document.getElementById(id);
 
@@ -118,7 +136,6 @@ function render(snap) {
   $("trained").textContent = String(counts.rollouts_trained ?? 0);
   $("dropped").textContent = String(counts.rollouts_dropped_stale ?? 0);
   $("leases").textContent = String(counts.leases_open ?? 0);
-  const steps = snap.steps || [];
   chart($("chart-reward"), steps, "reward_mean", 3, "reward_std");
   chart($("chart-loss"), steps, "loss", 4);
   chart($("chart-train_s"), steps, "train_s", 1);
@@ -135,7 +152,8 @@ async function poll() {
   try {
     let snap;
     try {
-      const reply = await fetch("status", { cache: "no-store", signal: AbortSignal.timeout(10000) });
+      const url = `status?since=${newest()}`;
+      const reply = await fetch(url, { cache: "no-store", signal: AbortSignal.timeout(10000) });
       if (!reply.ok) throw new Error(`HTTP ${reply.status}`);
       snap = await reply.json();
     } catch (e) {
@@ -144,6 +162,7 @@ async function poll() {
       return;
     }
     try {
+      if (!takeSteps(snap)) return;
       render(snap);
     } catch (e) {
       // the coordinator answered: a page that cannot draw its answer must not blame it
