@@ -197,6 +197,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         caps["engines"] = list(caps["engines"])
         self.train_devices.pop(request.auth.node_id, None)  # a node joining again says it again
         with self.store.tx():
+            # A node that joins again was restarted: the leases its earlier process held are lost.
+            returned = self._return_leases(request.auth.node_id)
             self.store.upsert_node(
                 request.auth.node_id,
                 request.auth.public_key,
@@ -206,7 +208,14 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 list(request.peer_addrs),
                 request.software_version,
             )
-        log.info("node %s joined as %s", request.auth.node_id[:8], [swarm_pb2.Role.Name(r) for r in roles])
+        if returned:
+            self._notify()
+        log.info(
+            "node %s joined as %s%s",
+            request.auth.node_id[:8],
+            [swarm_pb2.Role.Name(r) for r in roles],
+            f" again; {returned} prompts it held back to the pool" if returned else "",
+        )
         peers = self.dht_addrs + list(self.cfg.dht_initial_peers)
         for n in self._live_nodes():  # live nodes only: a joiner dials every address it is given
             if n["node_id"] != request.auth.node_id:
@@ -221,6 +230,28 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             initial_peers=peers,
             heartbeat_interval_s=self.cfg.heartbeat_interval_s,
         )
+
+    def _return_leases(self, node_id: str, keep: Lease | None = None) -> int:
+        """Close `node_id`'s open leases but `keep` as returned, their prompts back to the pool; in a
+        transaction. Returns how many prompts went back."""
+        returned = 0
+        for lease in self.store.open_leases(node_id=node_id):
+            if keep is None or lease.lease_id != keep.lease_id:
+                self.store.close_lease(lease, "returned", done=[])
+                returned += len(lease.prompt_indices)
+        return returned
+
+    def _held_lease(self, node_id: str, version: int) -> Lease | None:
+        """One open lease per node. A node that asks again while it holds one at the same version
+        gets that lease again: the reply to its first ask was lost and the call retried (the daemon
+        asks for its next lease only after submitting). Asking at another version gives the held
+        one back. So a node, however often it asks, holds at most prompts_per_lease prompts: before,
+        one node could lease every prompt of the step and stall the run for lease_timeout_s."""
+        held = [lease for lease in self.store.open_leases(node_id=node_id) if lease.policy_version == version]
+        keep = held[0] if held else None
+        if self._return_leases(node_id, keep):
+            self._notify()
+        return keep
 
     def _grant_roles(self, request) -> list[int]:
         """Explicit roles are honoured; a node that offers any role trains if no live node does."""
@@ -259,11 +290,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def Leave(self, request, context):
         await self._checked("Leave", request, context, validate.signed_only)
-        returned = 0
         with self.store.tx():
-            for lease in self.store.open_leases(node_id=request.auth.node_id):
-                self.store.close_lease(lease, "returned", done=[])
-                returned += len(lease.prompt_indices)
+            returned = self._return_leases(request.auth.node_id)
             self.store.touch_node(request.auth.node_id, left_at=time.time(), activity="left")
         if returned:
             self._notify()
@@ -350,27 +378,29 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             return reply
         self.expire_leases()
         with self.store.tx():
-            self.store.drop_stale(v - k)
-            budget = self.prompts_per_step * self._open_steps()
-            outstanding = self.store.unused_rollouts(v - k) + self.store.leased_prompt_count()
-            n = min(request.max_prompts, self.cfg.prompts_per_lease, budget - outstanding)
-            if n <= 0:
-                reply.status, reply.retry_after_s = swarm_pb2.LEASE_WAIT, 0.5
-                reply.message = f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
-                return reply
-            indices = self.store.pool_prompts(n)
-            while len(indices) < n:
-                indices.append(self._issue_prompt())
-            lease = Lease(
-                lease_id=secrets.token_hex(12),
-                node_id=node_id,
-                policy_version=request.policy_version,
-                prompt_indices=indices,
-                seed=secrets.randbits(63),
-                deadline=time.time() + self.cfg.lease_timeout_s,
-                state="open",
-            )
-            self.store.add_lease(lease)
+            lease = self._held_lease(node_id, request.policy_version)
+            if lease is None:
+                self.store.drop_stale(v - k)
+                budget = self.prompts_per_step * self._open_steps()
+                outstanding = self.store.unused_rollouts(v - k) + self.store.leased_prompt_count()
+                n = min(request.max_prompts, self.cfg.prompts_per_lease, budget - outstanding)
+                if n <= 0:
+                    reply.status, reply.retry_after_s = swarm_pb2.LEASE_WAIT, 0.5
+                    reply.message = f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                    return reply
+                indices = self.store.pool_prompts(n)
+                while len(indices) < n:
+                    indices.append(self._issue_prompt())
+                lease = Lease(
+                    lease_id=secrets.token_hex(12),
+                    node_id=node_id,
+                    policy_version=request.policy_version,
+                    prompt_indices=indices,
+                    seed=secrets.randbits(63),
+                    deadline=time.time() + self.cfg.lease_timeout_s,
+                    state="open",
+                )
+                self.store.add_lease(lease)
             self.store.touch_node(node_id, activity="generating", policy_version=request.policy_version)
         t = self.cfg.train
         reply.status = swarm_pb2.LEASE_GRANTED
@@ -386,7 +416,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 seed=lease.seed,
             )
         )
-        for i in indices:
+        for i in lease.prompt_indices:
             reply.prompts.add(prompt_index=i, token_ids=self.store.prompt(i)[1])
         return reply
 

@@ -211,6 +211,32 @@ def test_refusals_name_the_problem_and_store_nothing(network):
     assert nobody.returncode == 2 and nobody.stderr.startswith("error: no coordinator answered")
 
 
+def test_one_node_holds_one_lease_however_often_it_asks(network):
+    """A node that asks again gets the lease it holds (its first answer may have been lost), so one
+    node cannot take every prompt of the step and stall the run; joining again returns its lease."""
+    network.start_coordinator()  # k = 1, 2 prompts a step, 2 a lease: 4 prompts may be out
+    hoarder, _ = _join(network)
+    first = hoarder.lease(0, 2)
+    assert first.status == swarm_pb2.LEASE_GRANTED and len(first.prompts) == 2
+    for _ in range(4):
+        again = hoarder.lease(0, 2)
+        assert again.lease_id == first.lease_id and list(again.prompts) == list(first.prompts)
+    honest, _ = _join(network)
+    theirs = honest.lease(0, 2)
+    assert theirs.status == swarm_pb2.LEASE_GRANTED and len(theirs.prompts) == 2
+    assert _count(network, "SELECT COUNT(*) FROM leases WHERE state = 'open'") == 2
+    # the hoarder restarts (same key, joins again): its lease goes back, another node takes it
+    _join(network, key=hoarder.key)
+    with network.db() as db:
+        state = db.execute("SELECT state FROM leases WHERE lease_id = ?", (first.lease_id,)).fetchone()[0]
+    assert state == "returned"
+    late, _ = _join(network)
+    taken = late.lease(0, 2)
+    assert sorted(p.prompt_index for p in taken.prompts) == sorted(p.prompt_index for p in first.prompts)
+    assert late.submit(_fake_groups(taken)).status == swarm_pb2.SUBMIT_ACCEPTED
+    assert hoarder.submit(_fake_groups(first)).status == swarm_pb2.SUBMIT_EXPIRED  # no longer its
+
+
 @pytest.mark.parametrize("network", [{"max_staleness": 0, "lease_timeout_s": 2.0}], indirect=True)
 def test_staleness_bound_and_lease_expiry(network):
     import time
@@ -219,7 +245,8 @@ def test_staleness_bound_and_lease_expiry(network):
     rollout, _ = _join(network)
     trainer, _ = _join(network, roles=(swarm_pb2.ROLE_TRAIN,))
     first = rollout.lease(0, 2)
-    assert rollout.lease(0, 2).status == swarm_pb2.LEASE_WAIT, "k = 0: step 0's prompts are all out"
+    other, _ = _join(network)
+    assert other.lease(0, 2).status == swarm_pb2.LEASE_WAIT, "k = 0: step 0's prompts are all out"
     old = rollout.lease  # a second lease at version 0 that will go stale
     time.sleep(2.5)  # first lease expires; its prompts return to the pool
     assert rollout.submit(_fake_groups(first)).status == swarm_pb2.SUBMIT_EXPIRED
@@ -254,7 +281,8 @@ def test_held_calls_answer_when_work_or_a_policy_arrives(network):
     t0 = time.monotonic()
     assert trainer.train_batch(0, wait_s=0.5).status == swarm_pb2.BATCH_WAIT
     assert time.monotonic() - t0 >= 0.5, "held for wait_s while nothing came"
-    lease, _ = rollout.lease(0, 2), rollout.lease(0, 2)  # steps 0 and 1 (max_staleness = 1)
+    other, _ = _join(network)
+    lease, _ = rollout.lease(0, 2), other.lease(0, 2)  # steps 0 and 1 (max_staleness = 1)
     with ThreadPoolExecutor(2) as pool:
         batch = pool.submit(trainer.train_batch, 0, wait_s=20.0)
         time.sleep(1.0)
