@@ -89,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=6")
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser(
+        "bench",
+        help="run one of the benchmarks (a source checkout's benchmarks/): no name lists them",
+        description="Runs benchmarks/NAME.py with this Python; what follows NAME goes to it "
+        "(swarmgrpo bench fp8 --help shows its options).",
+    )
+    p.add_argument("name", nargs="?", help="a benchmark, e.g. fp8 or allreduce")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its own arguments")
+    p.set_defaults(func=_bench)
+
     p = sub.add_parser("status", help="show a running network's state")
     p.add_argument("--coordinator", required=True, metavar="HOST:PORT")
     p.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -241,3 +251,36 @@ def _status(args) -> int:
 
     print(render(snap))
     return 0
+
+
+def _bench(args) -> int:
+    """The benchmarks are scripts beside the package in a source checkout, not part of a wheel."""
+    import ast
+    import subprocess
+    from pathlib import Path
+
+    import swarmgrpo
+
+    folder = Path(swarmgrpo.__file__).resolve().parents[1] / "benchmarks"
+    if not folder.is_dir():
+        raise UserError(
+            "the benchmarks come with the source checkout, not the installed package: "
+            "clone the repository and run `swarmgrpo bench` from its editable install (pip install -e .)"
+        )
+    scripts = {}
+    for path in sorted(folder.glob("*.py")):
+        text = path.read_text()
+        if 'if __name__ == "__main__":' in text:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            scripts[path.stem] = (path, doc.split("\n\n")[0].replace("\n", " "))
+    if args.name is None:
+        for name, (_, summary) in scripts.items():
+            print(f"{name:20} {summary}")
+        print(
+            f"\nswarmgrpo bench NAME [its arguments]; NAME --help for its options; {folder / 'README.md'} for the figures"
+        )
+        return 0
+    if args.name not in scripts:
+        raise UserError(f"no benchmark '{args.name}'; there are: {', '.join(scripts)}")
+    path = scripts[args.name][0]
+    return subprocess.run([sys.executable, str(path), *args.args], cwd=folder.parent).returncode

@@ -166,3 +166,19 @@ def test_eval_json(tmp_path):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["n"] == 5 and 0.0 <= out["accuracy"] <= 1.0
+
+
+def test_bench_lists_the_benchmarks_runs_one_and_refuses_an_unknown_name():
+    listed = _cli("bench")
+    assert listed.returncode == 0, listed.stderr
+    names = [
+        line.split()[0]
+        for line in listed.stdout.splitlines()[: len(list((REPO / "benchmarks").glob("*.py")))]
+    ]
+    assert names == sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
+    assert "FP8 linear layers against bf16" in listed.stdout
+    shown = _cli("bench", "fp8", "--help")  # what follows the name is the benchmark's own
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: fp8.py"), shown.stderr
+    unknown = _cli("bench", "fp9")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "error: no benchmark 'fp9'; there are: allreduce," in unknown.stderr
