@@ -53,27 +53,29 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not progress, file=sys.stderr, desc="steps")
-    checkpoint = resume_from
-    while state.step < cfg.max_steps:
-        t0 = time.perf_counter()
-        examples = list(itertools.islice(stream, cfg.prompts_per_step))
-        groups, gen_s, n_tokens = rollout(
-            engine, tokenizer, task, examples, cfg, step.version, seed=cfg.seed + state.step
-        )
-        metrics = step.train(groups)
-        engine.sync_from(model)
-        state = TrainerState(state.step + 1, step.version, state.prompts_consumed + len(examples))
-        elapsed = time.perf_counter() - t0
-        metrics.update(step=state.step, gen_s=gen_s, step_s=elapsed, tokens_per_s=n_tokens / elapsed)
-        with metrics_file.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        bar.update(1)
-        (log if bar.disable else bar.write)(_log_line(metrics))  # bar.write keeps the bar below the lines
-        if state.step == cfg.max_steps or (cfg.save_steps and state.step % cfg.save_steps == 0):
-            checkpoint = save_checkpoint(
-                cfg.output_dir, model, tokenizer, step.optimizer, cfg, state, keep=cfg.save_total_limit
+    try:  # closed on an error too, so that the error's line does not run on from the bar
+        checkpoint = resume_from
+        while state.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            examples = list(itertools.islice(stream, cfg.prompts_per_step))
+            groups, gen_s, n_tokens = rollout(
+                engine, tokenizer, task, examples, cfg, step.version, seed=cfg.seed + state.step
             )
-    bar.close()
+            metrics = step.train(groups)
+            engine.sync_from(model)
+            state = TrainerState(state.step + 1, step.version, state.prompts_consumed + len(examples))
+            elapsed = time.perf_counter() - t0
+            metrics.update(step=state.step, gen_s=gen_s, step_s=elapsed, tokens_per_s=n_tokens / elapsed)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            bar.update(1)
+            (log if bar.disable else bar.write)(_log_line(metrics))  # bar.write keeps the bar below the lines
+            if state.step == cfg.max_steps or (cfg.save_steps and state.step % cfg.save_steps == 0):
+                checkpoint = save_checkpoint(
+                    cfg.output_dir, model, tokenizer, step.optimizer, cfg, state, keep=cfg.save_total_limit
+                )
+    finally:
+        bar.close()
     summary.update(final_step=state.step, checkpoint=str(checkpoint) if checkpoint else None)
     if cfg.eval_n:
         summary["eval_after"] = _eval(engine, tokenizer, task, cfg, log, "after")

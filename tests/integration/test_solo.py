@@ -111,20 +111,25 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, words):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
-def test_reward_function_that_raises_stops_with_a_clear_error(tmp_path):
-    result = _cli(
-        "train",
-        "model=tiny",
-        "task.name=uppercase",
-        "generation_batch_size=8",
-        "max_completion_length=4",
-        "task.reward_fn=tests.unit.reward_fns_for_tests:raises",
-        f"output_dir={tmp_path / 'out'}",
-        cwd=REPO,
-    )
+def _train_tiny(out, *overrides):
+    """`swarmgrpo train` on the tiny model and the toy task, small enough for a few seconds."""
+    tiny = ["model=tiny", "task.name=uppercase", "generation_batch_size=8", "max_completion_length=4"]
+    return _cli("train", *tiny, *overrides, f"output_dir={out}", cwd=REPO)
+
+
+def _one_error_line(result) -> str:
+    """The one `error:` line of a run that stopped on bad input: exit 2, no traceback."""
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert "reward function" in result.stderr and "unset task.reward_fn" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_reward_function_that_raises_stops_with_a_clear_error(tmp_path):
+    result = _train_tiny(tmp_path / "out", "task.reward_fn=tests.unit.reward_fns_for_tests:raises")
+    error = _one_error_line(result)
+    assert "reward function" in error and "unset task.reward_fn" in error
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
@@ -132,23 +137,10 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_the_fix_and_keeps_the_me
     resolve_model_path(SMOLLM2)  # the tokenizer's cache is built before the limit, not under it
     out = tmp_path / "out"
     with file_size_limit(8 << 20):  # the tiny model's weights are 13 MB: as on a disk that is full
-        result = _cli(
-            "train",
-            "model=tiny",
-            "task.name=uppercase",
-            "generation_batch_size=8",
-            "max_completion_length=4",
-            "max_steps=3",
-            "save_steps=1",
-            f"output_dir={out}",
-            cwd=REPO,
-        )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert f"could not write checkpoint {out / 'checkpoint-1'}" in errors[0]
-    assert "File too large" in errors[0] and "lower save_total_limit" in errors[0]
+        result = _train_tiny(out, "max_steps=3", "save_steps=1")
+    error = _one_error_line(result)
+    assert f"could not write checkpoint {out / 'checkpoint-1'}" in error
+    assert "File too large" in error and "lower save_total_limit" in error
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # the step it took is recorded
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # nothing half-written
 
