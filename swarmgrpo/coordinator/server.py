@@ -47,9 +47,8 @@ PAGES = {  # path -> (file, content type): the dashboard, a page with no outside
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 
 
-def _http_server(cfg: RunConfig, db_path: Path, dht: dict) -> ThreadingHTTPServer:
+def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> ThreadingHTTPServer:
     local = threading.local()
-    run = status.run_summary(cfg)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -109,11 +108,12 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
         host = await asyncio.to_thread(PeerHost, cfg.dht_listen)
         await asyncio.to_thread(host.join_dht, cfg.dht_initial_peers)
         dht.update(peer_id=host.peer_id, addrs=host.addrs, announced={})
+    summary = status.run_summary(cfg)  # one for the gRPC Status call and the HTTP side
     service = CoordinatorService(
         cfg,
         store,
         run,
-        status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht, status.run_summary(cfg)),
+        status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht, summary),
         dht_addrs=host.addrs if host else [],
     )
     server = grpc.aio.server(
@@ -132,7 +132,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
     ports = {"grpc": f"{cfg.listen.rsplit(':', 1)[0]}:{grpc_port}"}
     http = None
     if cfg.http_listen:
-        http = _http_server(cfg, db_path, dht)
+        http = _http_server(cfg, db_path, dht, summary)
         threading.Thread(target=http.serve_forever, daemon=True, name="http").start()
         ports["http"] = f"{http.server_address[0]}:{http.server_address[1]}"
     if host is not None:
