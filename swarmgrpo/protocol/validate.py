@@ -32,6 +32,13 @@ class Limits:
     max_string: int = 512
     max_addrs: int = 16
     max_wait_s: float = 30.0
+    min_logprob: float = math.log(2.0**-126)
+    """The lowest log-prob a sampled token may claim, ln of the smallest normal float32 (-87.34).
+
+    An engine draws from float32 probabilities, and the chance that any draw lands on a token of
+    probability < p is below vocab_size * p: 5.8e-34 per token for a 49k vocabulary at this bound,
+    whatever the temperature. Above it, exp(logp - behavior_logp) stays a finite float32 (logp <= 0),
+    so a node's log-probs cannot make the trainer's importance ratio overflow (-1e30 gave inf)."""
 
 
 def _check(ok: bool, field: str, problem: str, fix: str) -> None:
@@ -185,11 +192,11 @@ def _completion(c: swarm_pb2.Completion, where: str, limits: Limits) -> None:
             "use the run's tokenizer",
         )
     for lp in c.logprobs:
-        if not (math.isfinite(lp) and lp <= 0.0):
+        if not (limits.min_logprob <= lp <= 0.0):  # also refuses nan
             raise InvalidRequest(
                 f"{where}.logprobs",
-                f"{lp} is not a finite log-probability <= 0",
-                "send the sampled tokens' log-probs",
+                f"{lp} is not a sampled token's log-probability ({limits.min_logprob:.2f}..0)",
+                "send the log-probs the engine reported for the tokens it drew",
             )
     _check(
         math.isfinite(c.reported_reward), f"{where}.reported_reward", "must be finite", "send the reward or 0"

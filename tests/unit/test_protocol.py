@@ -205,6 +205,9 @@ def test_replay_is_refused_after_a_restart(key):
 
 def test_valid_submit_passes(key):
     validate.submit(key.sign("Submit", submit_request()), LIMITS, LEASED)
+    rare = submit_request()
+    rare.groups[0].completions[0].logprobs[0] = -87.3  # a token of probability 1.2e-38 may be drawn
+    validate.submit(key.sign("Submit", rare), LIMITS, LEASED)
     partial = submit_request()
     del partial.groups[0]  # a partial submission returns the rest to the pool
     validate.submit(key.sign("Submit", partial), LIMITS, LEASED)
@@ -213,10 +216,16 @@ def test_valid_submit_passes(key):
 C00, C01, C10, C11 = (f"groups[{g}].completions[{c}]" for g in (0, 1) for c in (0, 1))
 BAD_SUBMITS = [  # (mutation of a valid request, the field its error names, words in the message)
     ("r.groups[0].completions[1].token_ids[0] = 100", f"{C01}.token_ids", "outside the vocabulary (100)"),
-    ("r.groups[1].completions[0].logprobs[1] = 0.5", f"{C10}.logprobs", "0.5 is not a finite log-prob"),
-    ("r.groups[0].completions[0].logprobs[0] = nan", f"{C00}.logprobs", ": nan is not a finite"),
-    ("r.groups[0].completions[0].logprobs[0] = inf", f"{C00}.logprobs", ": inf is not a finite"),
-    ("r.groups[0].completions[0].logprobs[0] = -inf", f"{C00}.logprobs", ": -inf is not a finite"),
+    (
+        "r.groups[1].completions[0].logprobs[1] = 0.5",
+        f"{C10}.logprobs",
+        "0.5 is not a sampled token's log-prob",
+    ),
+    ("r.groups[0].completions[0].logprobs[0] = nan", f"{C00}.logprobs", ": nan is not a sampled"),
+    ("r.groups[0].completions[0].logprobs[0] = inf", f"{C00}.logprobs", ": inf is not a sampled"),
+    ("r.groups[0].completions[0].logprobs[0] = -inf", f"{C00}.logprobs", ": -inf is not a sampled"),
+    ("r.groups[0].completions[0].logprobs[0] = -1e30", f"{C00}.logprobs", "e+30 is not a sampled"),
+    ("r.groups[0].completions[0].logprobs[2] = -87.4", f"{C00}.logprobs", "(-87.34..0)"),
     ("r.groups[0].completions[1].logprobs.pop()", f"{C01}.logprobs", "2 log-probs for 3 tokens"),
     ("r.groups[1].completions[1].CopyFrom(completion([1]*6, [0]*6))", f"{C11}.token_ids", "6 tokens > "),
     ("r.groups[1].completions.append(completion())", "groups[1].completions", "3 completions, the run's"),
