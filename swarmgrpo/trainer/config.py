@@ -123,8 +123,10 @@ class TrainConfig:
     epsilon_high: float | None = None
     """Upper clip range (DAPO clip-higher, e.g. 0.28); unset means epsilon."""
 
-    delta: float | None = None
-    """Two-sided cap on the unclipped ratio (INTELLECT-2, e.g. 4.0); unset means no cap."""
+    delta: float = 4.0
+    """Two-sided cap on the unclipped ratio (INTELLECT-2's 4.0); must exceed 1 + epsilon_high. Always
+    on: a stale group's ratio is taken against a node's behavior log-probs, and uncapped a forged -50
+    makes r ~ 1e17 and the step whatever that node wants."""
 
     loss_type: str = "grpo"
     """Loss aggregation: "grpo" (per-sequence mean, then batch mean), "dapo" (token mean), "dr_grpo" (constant)."""
@@ -228,9 +230,12 @@ class TrainConfig:
             raise ConfigError(
                 "epsilon_high", f"{self.epsilon_high} < epsilon={self.epsilon}", "unset it or raise it"
             )
-        if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
+        top = 1 + (self.epsilon_high or self.epsilon)
+        if self.delta <= top:
             raise ConfigError(
-                "delta", f"{self.delta} is inside the clip range", "use a value such as 4.0 or unset it"
+                "delta",
+                f"{self.delta} is inside the clip range (top {top:g})",
+                f"raise it above {top:g}, e.g. 4.0",
             )
         if self.tis_cap is not None and self.tis_cap < 1:
             raise ConfigError(

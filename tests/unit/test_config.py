@@ -88,6 +88,8 @@ def test_override_values_are_toml_or_plain_strings():
 
 
 def test_rendered_toml_parses():
+    data = tomllib.loads(render_toml(load_config(TrainConfig, None, [])))
+    assert "epsilon_high" not in data and data["delta"] == 4.0  # unset optionals are comments
     cfg = load_config(TrainConfig, None, ["epsilon_high=0.28"])
     data = tomllib.loads(render_toml(cfg))
-    assert data["epsilon_high"] == 0.28 and "delta" not in data  # unset optionals are comments
+    assert data["epsilon_high"] == 0.28

@@ -33,6 +33,7 @@ Where we deviate from the papers:
     the reward as in InstructGPT-style PPO.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,7 +109,12 @@ def clipped_surrogate(
             f"must exceed 1 + epsilon_high = {1 + epsilon_high}, got {delta}",
             "INTELLECT-2 uses 4.0, or unset it",
         )
-    ratio_BT = torch.exp(logp_BT - prox_logp_BT.detach())
+    log_ratio_BT = logp_BT - prox_logp_BT.detach()
+    if delta is not None:
+        # Above delta both terms are constant in r; capping before exp keeps their zero gradient exact
+        # (after exp, 0 * inf is nan) and r finite whatever log-probs a node claimed.
+        log_ratio_BT = log_ratio_BT.clamp(max=math.log(delta))
+    ratio_BT = torch.exp(log_ratio_BT)
     adv_B1 = adv_B.detach().unsqueeze(-1)
     capped_BT = ratio_BT if delta is None else ratio_BT.clamp(max=delta)
     unclipped_BT = capped_BT * adv_B1
