@@ -4,7 +4,8 @@ A worker reports the statistics of the rollouts it trained on (reward mean and s
 clip fraction, ...) with its shard's sizes (`completions`, `completion_tokens`, `shard_weight`).
 The published version's metrics are those of the whole step's batch, combined from them:
 
-- counts are summed (`completions`, `completion_tokens`, `trained_sequences`, `shard_weight`);
+- counts are summed (`completions`, `completion_tokens`, `trained_sequences`, `shard_weight`,
+  `set_aside_groups`);
 - seconds are the slowest worker's (the step took as long as its slowest shard);
 - `reward_std` is pooled from each shard's mean and unbiased spread, so it equals the spread over
   the union of the shards' rewards;
@@ -19,7 +20,9 @@ A report that lacks the sizes (one worker, or a node of an older version) counts
 
 from __future__ import annotations
 
-SUMMED = frozenset({"completions", "completion_tokens", "trained_sequences", "shard_weight"})
+SUMMED = frozenset(
+    {"completions", "completion_tokens", "trained_sequences", "shard_weight", "set_aside_groups"}
+)
 TOKEN_MEANS = frozenset({"kl", "clip_frac", "tis_mean"})
 
 

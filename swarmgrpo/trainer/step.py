@@ -13,12 +13,18 @@ own log-probs (detached, from the same forward pass), so the ratio is 1 and the 
 only the engine/trainer mismatch. A group sampled by an older version (bounded staleness) has its
 ratio taken against the behavior log-probs that came with it.
 
+Numbers from nodes: a group whose loss is not finite (a NaN behavior log-prob, a ratio that
+overflows) is masked out of its micro-batch before the backward; a gradient that turns non-finite
+all the same is computed again without that micro-batch's groups. Either way the group is named in
+`set_aside` and the rest of the step trains. A non-finite gradient is never applied (see `apply`).
+
 Speed: with beta = 0 a group whose rewards are all equal has zero advantage and contributes exactly
 nothing, so its forward/backward is skipped (it still counts in the normaliser, as in the paper).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -74,6 +80,9 @@ class GRPOStep:
         for p in params:
             p.grad = torch.zeros_like(p)
         self._pending = False  # whether .grad holds anything since the last apply()
+        self.set_aside: list[int] = []
+        """Indices (into the last compute_gradients' groups) of the groups whose loss or gradient was
+        not finite: they contributed nothing to the step."""
 
     def train(self, groups: list[RolloutGroup], reduce: Reducer | None = None) -> dict[str, float]:
         t0 = time.perf_counter()
@@ -105,22 +114,54 @@ class GRPOStep:
         metrics = group_stats(rewards_PG)
         metrics["completion_len"] = sum(lengths) / len(lengths)
         metrics["completions"], metrics["completion_tokens"] = float(len(lengths)), float(sum(lengths))
-        totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "tis_mean": 0.0}
         self.model.train()
         trained = [
             (g, adv_G) for g, adv_G in zip(groups, adv_PG.tolist(), strict=True) if self._trains(g, adv_G)
         ]
-        for chunk in self._micro_batches(trained):
-            self._pending = True
-            for k, v in self._micro_step(self._collate(chunk), norm).items():
-                totals[k] += v
+        totals, trained, set_aside = self._accumulate(trained, norm)
+        self.set_aside = sorted(i for i, g in enumerate(groups) if id(g) in set_aside)
         # grpo_loss reports token means over the whole step; re-base them on the tokens actually trained.
         trained_tokens = sum(len(c) for g, _ in trained for c in g.completion_ids)
         for k in ("kl", "clip_frac", "tis_mean"):
             totals[k] *= norm.num_tokens / trained_tokens if trained_tokens else 0.0
         metrics.update(totals)
         metrics["trained_sequences"] = sum(sum(1 for c in g.completion_ids if c) for g, _ in trained)
+        metrics["set_aside_groups"] = float(len(self.set_aside))
         return metrics
+
+    def _accumulate(self, trained: list[tuple[RolloutGroup, list[float]]], norm: LossNorm):
+        """Backward every micro-batch into `.grad`, setting aside the groups whose numbers are not finite.
+
+        A group whose loss is not finite is masked out of its micro-batch before the backward. A
+        gradient that turns non-finite all the same (its loss was finite) cannot be told apart by group:
+        the micro-batch's groups are set aside and the step's gradient is computed again without them.
+        Returns the summed metrics, the groups trained and the ids of those set aside.
+        """
+        set_aside: set[int] = set()
+        while True:
+            totals = dict.fromkeys(("loss", "kl", "clip_frac", "tis_mean"), 0.0)
+            live = [(g, a) for g, a in trained if id(g) not in set_aside]
+            done: set[int] = set()
+            for chunk in self._micro_batches(live):
+                ids = {id(g) for g, _, _ in chunk}
+                self._pending = True
+                out, bad = self._micro_step(self._collate(chunk), norm, [g for g, _, _ in chunk])
+                set_aside |= bad
+                if not self._grads_finite():
+                    set_aside |= ids  # each group's loss was finite: no telling which one it was
+                    break
+                if bad & done:  # a piece of a bad group was trained already: again without it
+                    break
+                done |= ids
+                for k, v in out.items():
+                    totals[k] += v
+            else:
+                return totals, [(g, a) for g, a in live if id(g) not in set_aside], set_aside
+            self.discard()
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]]
+        return bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
 
     def _trains(self, group: RolloutGroup, adv_G: list[float]) -> bool:
         """With beta = 0 a group whose advantages are all zero contributes exactly nothing."""
@@ -162,8 +203,11 @@ class GRPOStep:
         prompts = [g.prompt_ids for g, _, _ in chunk]
         return collate(prompts, index, comps, behavior, advs, versions, self.pad_id).to(self.device)
 
-    def _micro_step(self, mb: MicroBatch, norm: LossNorm) -> dict[str, float]:
-        cfg = self.cfg
+    def _micro_step(
+        self, mb: MicroBatch, norm: LossNorm, chunk_groups: list[RolloutGroup]
+    ) -> tuple[dict[str, float], set[int]]:
+        """Backward one micro-batch; returns its metrics and the ids of its groups whose loss was not
+        finite, which were masked out before the backward (so their gradient never reaches `.grad`)."""
         logp_BT = self._logprobs(self.model, mb)
         current_B = (mb.versions_B == self.version).unsqueeze(-1)
         prox_BT = torch.where(current_B, logp_BT.detach(), mb.behavior_logp_BT)
@@ -171,25 +215,48 @@ class GRPOStep:
         if self.ref_model is not None:
             with torch.no_grad():
                 ref_BT = self._logprobs(self.ref_model, mb)
-        loss, metrics = grpo_loss(
-            logp_BT,
-            mb.behavior_logp_BT,
-            mb.advantages_B,
-            mb.completion_mask_BT,
-            norm,
-            loss_type=cfg.loss_type,
-            epsilon=cfg.epsilon,
-            epsilon_high=cfg.epsilon_high,
-            delta=cfg.delta,
-            tis_cap=cfg.tis_cap,
-            prox_logp_BT=prox_BT,
-            ref_logp_BT=ref_BT,
-            beta=cfg.beta,
-        )
+
+        def loss_of(mask_BT: torch.Tensor):
+            return grpo_loss(
+                logp_BT,
+                mb.behavior_logp_BT,
+                mb.advantages_B,
+                mask_BT,
+                norm,
+                loss_type=self.cfg.loss_type,
+                epsilon=self.cfg.epsilon,
+                epsilon_high=self.cfg.epsilon_high,
+                delta=self.cfg.delta,
+                tis_cap=self.cfg.tis_cap,
+                prox_logp_BT=prox_BT,
+                ref_logp_BT=ref_BT,
+                beta=self.cfg.beta,
+            )
+
+        mask_BT = mb.completion_mask_BT
+        loss, metrics = loss_of(mask_BT)
+        bad: set[int] = set()
+        if not torch.isfinite(loss):
+            bad_K = self._non_finite_groups(loss_of, mb)
+            bad = {id(chunk_groups[k]) for k in bad_K}
+            keep_B1 = ~torch.isin(mb.group_index_B, torch.tensor(bad_K, device=mask_BT.device)).unsqueeze(-1)
+            loss, metrics = loss_of(mask_BT * keep_B1)
         loss.backward()
         out = {k: float(v) for k, v in metrics.items()}
         out["loss"] = float(loss.detach())
-        return out
+        return out, bad
+
+    @staticmethod
+    def _non_finite_groups(loss_of, mb: MicroBatch) -> list[int]:
+        """The micro-batch's groups (0..K-1) that have a completion whose loss alone is not finite."""
+        bad_K = set()
+        with torch.no_grad():
+            for b in range(mb.completion_ids_BT.shape[0]):
+                only_b = torch.zeros_like(mb.completion_mask_BT)
+                only_b[b] = mb.completion_mask_BT[b]
+                if not torch.isfinite(loss_of(only_b)[0]):
+                    bad_K.add(int(mb.group_index_B[b]))
+        return sorted(bad_K)
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch) -> torch.Tensor:
         """logp_BT of the completion tokens: one forward of the K prompts, one of the B completions.
@@ -259,8 +326,9 @@ class GRPOStep:
     def apply(self) -> dict[str, float]:
         """Clip, step AdamW, zero the gradients, bump the version.
 
-        A step that trained nothing (every group had zero advantage) leaves the weights and AdamW's
-        moments as they are, as autograd's `None` gradients would: it only bumps the version.
+        A step that trained nothing (every group had zero advantage) leaves the weights and AdamW's moments as they are, as autograd's `None`
+        gradients would: it only bumps the version. So does a gradient whose norm is not finite: it is
+        never applied (`step_skipped`); replicas of a group hold the same reduced gradient and all skip.
         """
         self.version += 1
         if not self._pending:
@@ -268,6 +336,9 @@ class GRPOStep:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.cfg.max_grad_norm or float("inf")  # inf: measure the norm, clip nothing
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            self.discard()
+            return {"grad_norm": 0.0, "step_skipped": 1.0}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)
         self._pending = False
