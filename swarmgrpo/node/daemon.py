@@ -304,7 +304,7 @@ class Node:
             members = [Member(w.peer_id, tuple(w.peer_addrs)) for w in reply.workers]
             round_id = f"{self.run_id}/{self.version}/{reply.attempt}"
             try:
-                stats = self.averager.average(round_id, members, reply.shard_index, weight)
+                stats = step.reduce(self.averager.average, round_id, members, reply.shard_index, weight)
                 stats["workers"] = float(len(members))
                 return stats
             except AllReduceError as e:

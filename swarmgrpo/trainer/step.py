@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -41,6 +42,7 @@ from swarmgrpo.trainer.models import model_device
 from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
 
 Reducer = Callable[[torch.nn.Module], None]
+R = TypeVar("R")
 
 
 class GRPOStep:
@@ -88,11 +90,18 @@ class GRPOStep:
         t0 = time.perf_counter()
         metrics = self.compute_gradients(groups)
         if reduce is not None:
-            reduce(self.model)
-            self._pending = True  # peers' gradients count even when this shard trained nothing
+            self.reduce(reduce, self.model)
         metrics.update(self.apply())
         metrics["train_s"] = time.perf_counter() - t0
         return metrics
+
+    def reduce(self, reducer: Callable[..., R], *args) -> R:
+        """`reducer(*args)`: the data-parallel seam that replaces `.grad` by the group's gradient; returns
+        what it returns. apply() then steps with that gradient even when this shard trained nothing
+        (it held only zero-advantage groups): every replica of the group must take the same step."""
+        out = reducer(*args)
+        self._pending = True
+        return out
 
     def norm_of(self, groups: list[RolloutGroup]) -> LossNorm:
         """The loss normaliser of these groups alone (all their completions, trained or not)."""
@@ -326,7 +335,8 @@ class GRPOStep:
     def apply(self) -> dict[str, float]:
         """Clip, step AdamW, zero the gradients, bump the version.
 
-        A step that trained nothing (every group had zero advantage) leaves the weights and AdamW's moments as they are, as autograd's `None`
+        A step that trained nothing (every group had zero advantage, and no peer's gradient arrived
+        through `reduce`) leaves the weights and AdamW's moments as they are, as autograd's `None`
         gradients would: it only bumps the version. So does a gradient whose norm is not finite: it is
         never applied (`step_skipped`); replicas of a group hold the same reduced gradient and all skip.
         """

@@ -114,3 +114,25 @@ def test_a_non_finite_gradient_is_never_applied(tiny):
     assert all(torch.equal(before[n], p) for n, p in m.named_parameters())
     assert not step.optimizer.state  # AdamW's moments untouched
     assert all(g.eq(0).all() for g in _grads(m).values())
+
+
+def test_a_worker_whose_shard_has_no_signal_applies_the_reduced_gradient(tiny):
+    model, tok = tiny
+    groups = _groups(model, tok, REWARDS)
+    cfg = _cfg(model="tiny", learning_rate=1e-3)
+    trains, idle = copy.deepcopy(model), copy.deepcopy(model)
+    a, b = GRPOStep(trains, cfg, tok.pad_token_id), GRPOStep(idle, cfg, tok.pad_token_id)
+    a.compute_gradients([groups[0]])
+    b.compute_gradients([groups[1]])  # equal rewards: zero advantage, nothing trained
+    mean = {n: p.grad / 2 for n, p in trains.named_parameters()}
+
+    def average(module):
+        for n, p in module.named_parameters():
+            p.grad.copy_(mean[n])
+
+    a.reduce(average, trains)
+    b.reduce(average, idle)
+    a.apply(), b.apply()
+    assert all(torch.equal(p, idle.get_parameter(n)) for n, p in trains.named_parameters())
+    assert any(not torch.equal(p, model.get_parameter(n)) for n, p in idle.named_parameters())
+    assert all(g.eq(0).all() for g in _grads(idle).values())  # the mean is not carried into the next step
