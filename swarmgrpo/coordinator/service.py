@@ -122,6 +122,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         except validate.IncompatibleProtocol as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except validate.InvalidRequest as e:
+            log.warning("%s from node %s refused: %s", method, request.auth.node_id[:32], e)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except AuthError as e:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
@@ -669,6 +670,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 policy_version=v,
                 message=f"attempt {request.attempt} of step {v} was replaced by attempt {team.attempt}; re-sync",
             )
+        if request.set_aside_prompts:
+            self._set_aside(v, node_id, sorted(set(request.set_aside_prompts)))
         # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
         team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
         live = {n["node_id"] for n in self._live_nodes()}
@@ -681,6 +684,20 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
         self._publish(v, team)
         return self._step_reply(v, team, node_id)
+
+    def _set_aside(self, v: int, trainer: str, prompts: list[int]) -> None:
+        """A trainer set groups of step v aside: record it on the rollouts and name who submitted them."""
+        with self.store.tx():
+            by_node = self.store.set_aside(v, prompts)
+        for submitter, indices in by_node.items():
+            log.warning(
+                "step %d: trainer %s set aside the groups of prompts %s submitted by node %s: their loss "
+                "or gradient was not finite (forged or broken behavior log-probs)",
+                v,
+                trainer[:8],
+                indices,
+                submitter,
+            )
 
     def _publish(self, v: int, team: StepTeam) -> None:
         """Version v + 1 is the weights most workers reported (ties: the first in worker order);

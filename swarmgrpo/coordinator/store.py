@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
     id INTEGER PRIMARY KEY AUTOINCREMENT, prompt_index INTEGER NOT NULL, lease_id TEXT NOT NULL,
     node_id TEXT NOT NULL, policy_version INTEGER NOT NULL, completions TEXT NOT NULL, rewards TEXT NOT NULL,
     num_tokens INTEGER NOT NULL, accepted_at REAL NOT NULL,
-    step INTEGER, dropped INTEGER NOT NULL DEFAULT 0
+    step INTEGER, dropped INTEGER NOT NULL DEFAULT 0, set_aside INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rollouts_unused ON rollouts (step, dropped, id);
 CREATE TABLE IF NOT EXISTS versions (
@@ -94,6 +94,8 @@ class Store:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(versions)")}
         if "weight_hash_fp8" not in have:
             self.db.execute("ALTER TABLE versions ADD COLUMN weight_hash_fp8 TEXT NOT NULL DEFAULT ''")
+        if "set_aside" not in {row[1] for row in self.db.execute("PRAGMA table_info(rollouts)")}:
+            self.db.execute("ALTER TABLE rollouts ADD COLUMN set_aside INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -315,6 +317,20 @@ class Store:
             ids, lps = json.loads(comps)
             out.append(Rollout(rid, idx, version, ids, lps, json.loads(rewards)))
         return out
+
+    def set_aside(self, step: int, prompt_indices: list[int]) -> dict[str, list[int]]:
+        """Record that a trainer set aside the step's rollouts of these prompts (their loss or gradient
+        was not finite); returns the prompts of the batch by the node that submitted them."""
+        marks = ",".join("?" * len(prompt_indices))
+        rows = self.db.execute(
+            f"SELECT id, prompt_index, node_id FROM rollouts WHERE step = ? AND prompt_index IN ({marks})",
+            (step, *prompt_indices),
+        ).fetchall()
+        self.db.executemany("UPDATE rollouts SET set_aside = 1 WHERE id = ?", [(r[0],) for r in rows])
+        by_node: dict[str, list[int]] = {}
+        for _, index, node_id in rows:
+            by_node.setdefault(node_id, []).append(index)
+        return by_node
 
     def add_version(
         self, version: int, weight_hash: str, node_id: str, metrics: dict, weight_hash_fp8: str = ""

@@ -545,6 +545,13 @@ class Node:
             for g in reply.groups
         ]
         metrics = step.compute_gradients(groups)
+        set_aside = [reply.groups[i].prompt_index for i in step.set_aside]
+        if set_aside:
+            log.warning(
+                "step %d: set aside the groups of prompts %s: their loss or gradient was not finite",
+                self.version,
+                set_aside,
+            )
         metrics["shard_weight"] = step.shard_weight(groups)  # how the coordinator combines the shards' loss
         if len(reply.workers) > 1:
             stats = self._average(step, reply, groups)
@@ -561,7 +568,12 @@ class Node:
         self.transport.publish(self.version + 1, data, sha, fp8=fp8)
         metrics = {k: float(v) for k, v in metrics.items()}
         result = self.client.report_step(
-            self.version, sha, metrics, attempt=self.attempt, weight_hash_fp8=fp8[1] if fp8 else ""
+            self.version,
+            sha,
+            metrics,
+            attempt=self.attempt,
+            weight_hash_fp8=fp8[1] if fp8 else "",
+            set_aside_prompts=set_aside,
         )
         if result.status == swarm_pb2.STEP_PENDING:
             result = self._await_publication(sha)

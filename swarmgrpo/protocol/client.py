@@ -96,6 +96,7 @@ class CoordinatorClient:
         metrics: dict[str, float],
         attempt: int = 0,
         weight_hash_fp8: str = "",
+        set_aside_prompts: list[int] = (),
     ) -> swarm_pb2.StepReply:
         return self.call(
             "ReportStep",
@@ -105,6 +106,7 @@ class CoordinatorClient:
                 metrics=metrics,
                 attempt=attempt,
                 weight_hash_fp8=weight_hash_fp8,
+                set_aside_prompts=set_aside_prompts,
             ),
         )
 

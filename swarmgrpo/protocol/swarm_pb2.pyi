@@ -353,7 +353,7 @@ class TrainBatchReply(_message.Message):
     def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ..., shard_index: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt", "weight_hash_fp8")
+    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt", "weight_hash_fp8", "set_aside_prompts")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -367,13 +367,15 @@ class StepReport(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FP8_FIELD_NUMBER: _ClassVar[int]
+    SET_ASIDE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     weight_hash: str
     metrics: _containers.ScalarMap[str, float]
     attempt: int
     weight_hash_fp8: str
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ..., weight_hash_fp8: _Optional[str] = ...) -> None: ...
+    set_aside_prompts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ..., weight_hash_fp8: _Optional[str] = ..., set_aside_prompts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepReply(_message.Message):
     __slots__ = ("status", "policy_version", "message")

@@ -32,6 +32,7 @@ class Limits:
     max_string: int = 512
     max_addrs: int = 16
     max_wait_s: float = 30.0
+    max_set_aside: int = 1024
     min_logprob: float = math.log(2.0**-126)
     """The lowest log-prob a sampled token may claim, ln of the smallest normal float32 (-87.34).
 
@@ -235,6 +236,12 @@ def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
         "hash the block-FP8 weights file, or leave it empty when the run ships no FP8 weights",
     )
     _check(len(req.metrics) <= 64, "metrics", "more than 64 entries", "send fewer")
+    _check(
+        len(req.set_aside_prompts) <= limits.max_set_aside,
+        "set_aside_prompts",
+        f"more than {limits.max_set_aside}",
+        "name only the prompts of your shard that the step set aside",
+    )
     for k, v in req.metrics.items():
         _short(k, "metrics", limits)
         _check(math.isfinite(v), f"metrics[{k}]", f"{v} is not finite", "send finite metrics")
