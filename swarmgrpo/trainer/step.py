@@ -15,8 +15,9 @@ ratio taken against the behavior log-probs that came with it.
 
 Numbers from nodes: a group whose loss is not finite (a NaN behavior log-prob, a ratio that
 overflows) is masked out of its micro-batch before the backward; a gradient that turns non-finite
-all the same is computed again without that micro-batch's groups. Either way the group is named in
-`set_aside` and the rest of the step trains. A non-finite gradient is never applied (see `apply`).
+all the same is computed again without the groups of the micro-batch that made it so. Either way
+the groups are named in `set_aside` and the rest of the step trains. A non-finite gradient is never
+applied (see `apply`).
 
 Speed: with beta = 0 a group whose rewards are all equal has zero advantage and contributes exactly
 nothing, so its forward/backward is skipped (it still counts in the normaliser, as in the paper).
@@ -142,11 +143,13 @@ class GRPOStep:
         """Backward every micro-batch into `.grad`, setting aside the groups whose numbers are not finite.
 
         A group whose loss is not finite is masked out of its micro-batch before the backward. A
-        gradient that turns non-finite all the same (its loss was finite) cannot be told apart by group:
-        the micro-batch's groups are set aside and the step's gradient is computed again without them.
+        gradient that turns non-finite all the same (every loss was finite) is found by computing the
+        step again, checking after each micro-batch (a pass over `.grad`, so only then): that
+        micro-batch's groups, which cannot be told apart, are set aside and the rest computed again.
         Returns the summed metrics, the groups trained and the ids of those set aside.
         """
         set_aside: set[int] = set()
+        careful = False
         while True:
             totals = dict.fromkeys(("loss", "kl", "clip_frac", "tis_mean"), 0.0)
             live = [(g, a) for g, a in trained if id(g) not in set_aside]
@@ -156,8 +159,8 @@ class GRPOStep:
                 self._pending = True
                 out, bad = self._micro_step(self._collate(chunk), norm, [g for g, _, _ in chunk])
                 set_aside |= bad
-                if not self._grads_finite():
-                    set_aside |= ids  # each group's loss was finite: no telling which one it was
+                if careful and not self._grads_finite():
+                    set_aside |= ids
                     break
                 if bad & done:  # a piece of a bad group was trained already: again without it
                     break
@@ -165,7 +168,9 @@ class GRPOStep:
                 for k, v in out.items():
                     totals[k] += v
             else:
-                return totals, [(g, a) for g, a in live if id(g) not in set_aside], set_aside
+                if careful or self._grads_finite():
+                    return totals, [(g, a) for g, a in live if id(g) not in set_aside], set_aside
+                careful = True
             self.discard()
 
     def _grads_finite(self) -> bool:
