@@ -318,6 +318,13 @@ class Node:
                     return {"workers": 1.0}
         return None
 
+    def _set_aside(self, step: GRPOStep, reply: swarm_pb2.TrainBatchReply) -> list[int]:
+        """The prompts of the groups the step set aside (the coordinator names who sent them)."""
+        prompts = [reply.groups[i].prompt_index for i in step.set_aside]
+        if prompts:
+            log.warning("step %d: set aside prompts %s: loss or gradient not finite", self.version, prompts)
+        return prompts
+
     def _await_publication(self, sha: str) -> swarm_pb2.StepReply:
         """The other workers of the step have not all reported yet: wait for the version."""
         target = self.version + 1
@@ -545,13 +552,7 @@ class Node:
             for g in reply.groups
         ]
         metrics = step.compute_gradients(groups)
-        set_aside = [reply.groups[i].prompt_index for i in step.set_aside]
-        if set_aside:
-            log.warning(
-                "step %d: set aside the groups of prompts %s: their loss or gradient was not finite",
-                self.version,
-                set_aside,
-            )
+        set_aside = self._set_aside(step, reply)
         metrics["shard_weight"] = step.shard_weight(groups)  # how the coordinator combines the shards' loss
         if len(reply.workers) > 1:
             stats = self._average(step, reply, groups)
