@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import grpc
 
@@ -56,6 +56,14 @@ def _oversize(i: int, node_id: str):
     return ("Submit", b"\x00" * (OLD_MAX_BYTES - 1)) if i < 3 else None
 
 
+def _in_flight(i: int, node_id: str):
+    """Requests from a key that never joined, sent without waiting for the answers (see DEPTH)."""
+    return _UNKNOWN
+
+
+_UNKNOWN = _unknown_key(0, "")
+
+
 KINDS = {
     "unknown_key": _unknown_key,
     "forged": _forged,
@@ -63,26 +71,28 @@ KINDS = {
     "garbage": _garbage,
     "too_long_for_method": _too_long_for_method,
     "oversize": _oversize,
+    "in_flight": _in_flight,
 }
+DEPTH = {"in_flight": 64}  # calls a kind keeps in flight at once (1: it waits for each answer)
 
 
 def _flood(address: str, kind: str, make, node_id: str, until: float, out: dict) -> None:
     channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", OLD_MAX_BYTES)])
-    codes, samples, i = Counter(), {}, 0
-    while time.monotonic() < until:
-        made = make(i, node_id)
-        if made is None:
+    codes, samples, pending, i = Counter(), {}, deque(), 0
+    while time.monotonic() < until or pending:
+        made = make(i, node_id) if time.monotonic() < until else None
+        if made is not None:
+            method, raw = made
+            call = channel.unary_unary(f"/swarmgrpo.v1.Coordinator/{method}")  # raw bytes both ways
+            pending.append(call.future(raw, timeout=30))
+            i += 1
+        if pending and (made is None or len(pending) >= DEPTH.get(kind, 1)):
+            e = pending.popleft().exception()
+            code, details = (e.code().name, e.details() or "") if e is not None else ("OK", "")
+            codes[code] += 1
+            samples.setdefault(code, details)
+        if made is None and not pending:
             break
-        method, raw = made
-        call = channel.unary_unary(f"/swarmgrpo.v1.Coordinator/{method}")  # raw bytes both ways
-        try:
-            call(raw, timeout=30)
-            code, details = "OK", ""
-        except grpc.RpcError as e:
-            code, details = e.code().name, e.details() or ""
-        codes[code] += 1
-        samples.setdefault(code, details)
-        i += 1
     channel.close()
     out[kind] = {"calls": i, "codes": dict(codes), "samples": samples}
 
