@@ -60,6 +60,11 @@ class Buckets:
     def _forget_full(self, now: float) -> None:
         full = self.burst / self.per_s  # a bucket untouched this long is full again
         self._state = {k: (t, w) for k, (t, w) in self._state.items() if now - w < full}
+        if len(self._state) >= MAX_KEYS // 2:
+            # More busy keys than that (addresses of a botnet): the least recently used half are
+            # forgotten and start full again, so memory and the cost of this sweep stay bounded.
+            recent = sorted(self._state.items(), key=lambda kv: kv[1][1])[-(MAX_KEYS // 4) :]
+            self._state = dict(recent)
 
 
 def address_of(peer: str) -> str:

@@ -121,3 +121,12 @@ def test_buckets_forget_the_full_ones_past_max_keys(monkeypatch):
 )
 def test_who_pays_is_the_ipv4_address_or_the_ipv6_64(peer, address):
     assert address_of(peer) == address
+
+
+def test_buckets_stay_bounded_when_every_key_is_busy(monkeypatch):
+    monkeypatch.setattr(gate, "MAX_KEYS", 8)
+    b = Buckets(per_s=0.001, burst=1)
+    for i in range(100):
+        b.take(f"k{i}", now=float(i))
+        assert len(b) <= 8
+    assert b.take("k99", now=100.0) > 0  # the most recent are kept
