@@ -10,7 +10,8 @@ The checks, cheapest first (nothing of a request that fails one is stored):
 
 Who pays: a request refused before its signature checked out, a Join (each may bring a new key) and
 a Status call (unsigned) take a token from their network address's bucket; a signed request takes
-one from its node's. So a stranger flooding from an address honest nodes share slows only itself.
+one from its node's. So a stranger flooding from an address joined nodes share does not slow them
+(Joins from that address do wait with it).
 A request over its budget is refused with RESOURCE_EXHAUSTED after `hold_s`: a client that retries
 in a loop is slowed to one request per hold and thread, and costs the event loop next to nothing.
 """
