@@ -9,6 +9,44 @@ from swarmgrpo.trainer.config import TrainConfig
 
 
 @dataclass
+class RateLimits:
+    """Token buckets, in memory, that keep one node or one network address from taking the
+    coordinator's time; a request over its budget is refused with RESOURCE_EXHAUSTED, saying when
+    to retry. The defaults are far above what an honest node sends."""
+
+    node_per_s: float = 20.0
+    """Signed requests a joined node may send per second on average (a daemon sends about one
+    heartbeat per heartbeat_interval_s and a few long polls)."""
+
+    node_burst: int = 200
+    """Signed requests a joined node may send at once before `node_per_s` applies."""
+
+    address_per_s: float = 5.0
+    """Requests per second, on average, from one network address (an IPv4 address or an IPv6 /64)
+    that no joined key answers for: those refused before their signature checked out (unknown node,
+    wrong token, bad signature, malformed or oversize), Joins and Status calls. Honest nodes sharing
+    the address are not slowed: their signed requests are counted against their own keys."""
+
+    address_burst: int = 100
+    """Such requests one address may send at once before `address_per_s` applies."""
+
+    hold_s: float = 1.0
+    """A request refused for its rate is answered after this delay, so a client that retries in a
+    loop sends at most one request per hold and connection thread."""
+
+    def validate(self) -> None:
+        for name in ("node_per_s", "node_burst", "address_per_s", "address_burst"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"rate_limits.{name}", "must be > 0", f"set rate_limits.{name} to a positive number"
+                )
+        if self.hold_s < 0:
+            raise ConfigError(
+                "rate_limits.hold_s", "must be >= 0", "set it to 0 (answer at once) or more seconds"
+            )
+
+
+@dataclass
 class RunConfig:
     """`swarmgrpo coordinator --config run.toml`: the run's network settings and its [train] table."""
 
@@ -52,11 +90,15 @@ class RunConfig:
     """DHT multiaddrs of an existing swarm: the coordinator's peer joins through them, and joining nodes
     are handed them too (besides the coordinator's own peer and the nodes it knows)."""
 
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    """How many requests one node or one network address may send (see RateLimits)."""
+
     train: TrainConfig = field(default_factory=TrainConfig)
     """The GRPO run itself: model, task, batch, optimizer (the same table as `swarmgrpo train`)."""
 
     def validate(self) -> None:
         self.train.validate()
+        self.rate_limits.validate()
         if self.max_staleness < 0:
             raise ConfigError("max_staleness", f"must be >= 0, got {self.max_staleness}", "use 0, 1 or 2")
         for name in ("prompts_per_lease",):

@@ -2,7 +2,8 @@
 
     open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → DHT peer on `dht_listen`
     → gRPC on `listen` → HTTP / (the dashboard), /status, /metrics on `http_listen`
-    → every second: expire leases and publish a step whose live workers have all reported;
+    → every second: expire leases and nonces past the clock window, and publish a step whose live
+      workers have all reported;
       every heartbeat interval: read the nodes announced in the DHT
     → SIGINT/SIGTERM stops
 
@@ -29,11 +30,10 @@ from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
-from swarmgrpo.protocol import swarm_pb2_grpc
 from swarmgrpo.protocol.errors import UserError
 
 log = logging.getLogger("swarmgrpo.coordinator")
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
 WEB = Path(__file__).with_name("web")
@@ -118,11 +118,12 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
     )
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # the largest valid request: grpc refuses a longer one before Python sees it
+            ("grpc.max_receive_message_length", service.gate.max_receive_bytes),
+            ("grpc.max_send_message_length", MAX_REPLY_BYTES),
         ]
     )
-    swarm_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((service.gate.handler(service),))
     grpc_port = server.add_insecure_port(cfg.listen)
     if grpc_port == 0:
         raise UserError(
@@ -157,6 +158,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
     try:
         while not stop.is_set():
             service.expire_leases()
+            service.replay.expire()
             service.publish_if_complete()
             if host is not None and loop.time() - refreshed >= cfg.heartbeat_interval_s:
                 refreshed = loop.time()

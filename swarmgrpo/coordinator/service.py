@@ -1,7 +1,8 @@
 """The Coordinator gRPC service: joins, leases, submissions, training batches, policy versions.
 
-Every request goes: verify signature and nonce → validate every field → one SQLite transaction →
-reply. Nothing from a request that fails a check is stored.
+Every request goes: its size and parse (gate.py) → who it claims to be, its clock, its signature →
+the node's rate → every field → its nonce → one SQLite transaction → reply. Nothing from a request
+that fails a check is stored.
 
 Staleness (k = max_staleness, v = the newest published version, P = prompts per step):
 - a node whose weights are older than v − k is told to re-sync before it gets work;
@@ -26,8 +27,9 @@ import grpc
 
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.gate import Gate
 from swarmgrpo.coordinator.store import Lease, Store
-from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
+from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
 
@@ -70,6 +72,14 @@ class Run:
         return self.task.reward(text, ex, len(token_ids), self.cfg.train.max_completion_length)
 
 
+class StrangerRefused(Exception):
+    """A request refused before its signature was checked, with the gRPC status to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        self.code = code
+        super().__init__(message)
+
+
 @dataclass
 class StepTeam:
     """The gradient workers of one step (in memory: after a coordinator restart the step's team is
@@ -99,7 +109,13 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.prompts_per_step = t.generation_batch_size // t.num_generations
         self.limits = validate.Limits(run.vocab_size, t.num_generations, t.max_completion_length)
         horizon = time.time() - 2 * cfg.max_clock_skew_s
-        self.replay = ReplayGuard(cfg.max_clock_skew_s, store.remember_nonce, store.recent_nonces(horizon))
+        self.replay = ReplayGuard(
+            cfg.max_clock_skew_s,
+            store.remember_nonce,
+            store.recent_nonces(horizon),
+            forget=store.forget_nonces,
+        )
+        self.gate = Gate(cfg.rate_limits, sizes.request_caps(self.limits, cfg.prompts_per_lease))
         if store.get_meta("run_id") is None:
             with store.tx():
                 store.set_meta("run_id", cfg.run_id)
@@ -110,12 +126,22 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     # ------------------------------------------------------------------ checks shared by every method
 
     async def _checked(self, method: str, request, context, check):
-        """Signature, replay and field checks; aborts the RPC with a status a volunteer can act on."""
+        """Cheap checks first, so a stranger costs little and learns nothing: who the request claims
+        to be (a joined node, or Join's token), the Auth's lengths and clock, the signature; then the
+        node's rate, every field and the nonce. Aborts the RPC with a status a volunteer can act on."""
         try:
-            key = request.auth.public_key if method == "Join" else self.store.node_key(request.auth.node_id)
-            if key is None:
-                raise AuthError("unknown node: join first (swarmgrpo node --join HOST:PORT --token T)")
-            verify(method, request, key)  # before any field check: strangers learn nothing
+            key = self._claimed_key(method, request)
+            validate.auth_fields(request.auth, join=method == "Join")
+            self.replay.check_clock(request.auth)
+            verify(method, request, key)
+        except StrangerRefused as e:
+            await self.gate.refuse_stranger(context, method, e.code, str(e))
+        except validate.InvalidRequest as e:
+            await self.gate.refuse_stranger(context, method, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except AuthError as e:
+            await self.gate.refuse_stranger(context, method, grpc.StatusCode.UNAUTHENTICATED, str(e))
+        await self.gate.charge_node(context, request.auth.node_id)
+        try:
             check(request, self.limits)
             with self.store.tx():
                 self.replay.check(request.auth)
@@ -126,6 +152,20 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except AuthError as e:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
+
+    def _claimed_key(self, method: str, request) -> bytes:
+        """The key the request must be signed with: Join's own (after its token), else the node's."""
+        if method != "Join":
+            key = self.store.node_key(request.auth.node_id)
+            if key is None:
+                raise AuthError("unknown node: join first (swarmgrpo node --join HOST:PORT --token T)")
+            return key
+        token = self.cfg.join_token.encode()
+        if not token or not secrets.compare_digest(request.join_token.encode(), token):
+            raise StrangerRefused(
+                grpc.StatusCode.PERMISSION_DENIED, "wrong join token: ask the run owner for the run's --token"
+            )
+        return request.auth.public_key
 
     def _notify(self) -> None:
         """Wake the held Lease and TrainBatch calls: they look again."""
@@ -188,11 +228,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     # ------------------------------------------------------------------ joining and liveness
 
     async def Join(self, request, context):
-        await self._checked("Join", request, context, validate.join)
-        if not self.cfg.join_token or not secrets.compare_digest(request.join_token, self.cfg.join_token):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, "wrong join token: ask the run owner for the run's --token"
-            )
+        await self._checked("Join", request, context, validate.join)  # the token first
         roles = self._grant_roles(request)
         caps = {f.name: getattr(request.capabilities, f.name) for f in request.capabilities.DESCRIPTOR.fields}
         caps["engines"] = list(caps["engines"])

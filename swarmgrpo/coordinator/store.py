@@ -181,8 +181,12 @@ class Store:
     def remember_nonce(self, node_id: str, nonce: int, now: float) -> None:
         self.db.execute("INSERT OR IGNORE INTO nonces VALUES (?, ?, ?)", (node_id, str(nonce), now))
 
+    def forget_nonces(self, before: float) -> None:
+        """Nonces seen before `before` are past the clock window: their requests are refused anyway."""
+        self.db.execute("DELETE FROM nonces WHERE seen_at < ?", (before,))
+
     def recent_nonces(self, since: float) -> dict[tuple[str, int], float]:
-        self.db.execute("DELETE FROM nonces WHERE seen_at < ?", (since,))
+        self.forget_nonces(since)
         rows = self.db.execute("SELECT node_id, nonce, seen_at FROM nonces").fetchall()
         return {(n, int(x)): t for n, x, t in rows}
 

@@ -9,6 +9,7 @@ refuses a clock outside `max_skew_s` and a (node, nonce) pair it has seen within
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import time
@@ -110,31 +111,59 @@ class ReplayGuard:
     """Refuses a request whose clock is off by more than `max_skew_s` or whose (node, nonce) was seen.
 
     Nonces are remembered for twice the skew window (anything older is refused by its clock), in
-    memory and, through `persist`, in the coordinator's database, so a restart does not reopen it.
+    memory and, through `persist`, in the coordinator's database, so a restart does not reopen it;
+    `expire` forgets (through `forget` too) the ones past that window, so both stay bounded.
     """
 
-    def __init__(self, max_skew_s: float = 120.0, persist=None, seen: dict | None = None):
+    def __init__(self, max_skew_s: float = 120.0, persist=None, seen: dict | None = None, forget=None):
         self.max_skew_s = max_skew_s
         self.persist = persist
-        self._seen: dict[tuple[str, int], float] = dict(seen or {})
+        self.forget = forget
+        # (node, nonce) -> when first seen, in the order seen: the oldest first
+        self._seen: dict[tuple[str, int], float] = dict(sorted((seen or {}).items(), key=lambda kv: kv[1]))
 
-    def check(self, auth, now: float | None = None) -> None:
+    def check_clock(self, auth, now: float | None = None) -> None:
+        """The clock part of `check` alone: stateless, cheap, so it runs before the signature."""
         now = time.time() if now is None else now
         skew = auth.timestamp_ms / 1000 - now
-        if abs(skew) > self.max_skew_s:
+        if not abs(skew) <= self.max_skew_s:
             raise AuthError(
                 f"request clock is {skew:+.0f} s off the coordinator's (limit ±{self.max_skew_s:.0f} s); "
                 "set the node's clock (NTP) and retry"
             )
+
+    def check(self, auth, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.check_clock(auth, now)
         key = (auth.node_id, auth.nonce)
         if key in self._seen:
             raise AuthError("nonce already used: a replayed request is refused")
+        self._prune(now)
         self._seen[key] = now
         if self.persist is not None:
             self.persist(auth.node_id, auth.nonce, now)
-        if len(self._seen) > 10000:
-            horizon = now - 2 * self.max_skew_s
-            self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+
+    def expire(self, now: float | None = None) -> int:
+        """Forget the nonces seen before the window, in memory and in the database; returns how many."""
+        now = time.time() if now is None else now
+        dropped = self._prune(now)
+        if dropped and self.forget is not None:
+            self.forget(now - 2 * self.max_skew_s)
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _prune(self, now: float) -> int:
+        horizon = now - 2 * self.max_skew_s
+        dropped = 0
+        for seen_at in self._seen.values():  # oldest first: stop at the first one inside the window
+            if seen_at >= horizon:
+                break
+            dropped += 1
+        for key in list(itertools.islice(self._seen, dropped)):
+            del self._seen[key]
+        return dropped
 
 
 __all__ = ["AuthError", "NodeKey", "ReplayGuard", "node_id_of", "swarm_pb2", "verify"]

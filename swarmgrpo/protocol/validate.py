@@ -64,6 +64,17 @@ def _auth(auth: swarm_pb2.Auth, *, join: bool) -> None:
         "must be 32 hex characters",
         "use the id derived from the key",
     )
+    _check(
+        len(auth.public_key) in (0, 32),
+        "auth.public_key",
+        "must be empty or the 32-byte ed25519 key",
+        "send the key in Join only",
+    )
+
+
+def auth_fields(auth: swarm_pb2.Auth, *, join: bool) -> None:
+    """The Auth's lengths alone: cheap, so the coordinator checks them before the signature."""
+    _auth(auth, join=join)
 
 
 def _short(value: str, field: str, limits: Limits) -> None:
@@ -86,6 +97,7 @@ def join(req: swarm_pb2.JoinRequest, limits: Limits) -> None:
     )
     for a in req.peer_addrs:
         _short(a, "peer_addrs", limits)
+    _check(len(req.roles) <= 2, "roles", "more than 2", "offer each role once")
     for r in req.roles:
         _check(
             r in (swarm_pb2.ROLE_ROLLOUT, swarm_pb2.ROLE_TRAIN),
@@ -103,6 +115,8 @@ def join(req: swarm_pb2.JoinRequest, limits: Limits) -> None:
     for name in ("device_name", "compute_capability"):
         _short(getattr(caps, name), f"capabilities.{name}", limits)
     _check(len(caps.engines) <= 8, "capabilities.engines", "more than 8", "send fewer")
+    for e in caps.engines:
+        _short(e, "capabilities.engines", limits)
 
 
 def _rate(value: float, field: str) -> None:

@@ -23,6 +23,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _toml(value) -> str:
+    """A value as TOML: JSON's form, but a dict as an inline table."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Path:
     train = {
         "model": "tiny",
@@ -46,7 +53,7 @@ def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Pat
         "prompts_per_lease": 2,
     }
     top.update(overrides)
-    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    lines = [f"{k} = {_toml(v)}" for k, v in top.items()]
     lines.append("[train]")
     lines += [f"{k} = {json.dumps(v)}" for k, v in train.items()]
     lines += ["[train.task]", 'name = "uppercase"']
