@@ -267,15 +267,17 @@ class AllReduce:
 
     async def _receive(self, requests: AsyncIterator[swarm_pb2.AllReducePart], context: P2PContext):
         """One stream: a contiguous byte range of one part (a part may come over several streams),
-        written straight into the part's buffer as it arrives, once `_admit` has taken it."""
+        written straight into the part's buffer as it arrives, once `_admit` has taken it. A refused
+        part's chunks are read and dropped: the sender sends them all the same, and a stream closed
+        with data unread is reset, which loses the answer that says why."""
         peer = context.remote_id.to_base58()
-        head, size, part = None, 0, None
+        head, size, part, refused = None, 0, None, ""
         async for msg in requests:
             if head is None:
                 head = msg
                 part = await self._admit(msg, peer)
                 if isinstance(part, str):
-                    return swarm_pb2.AllReduceAck(error=part)
+                    part, refused = None, part
             end = msg.offset + len(msg.data)
             if msg.offset != head.offset + size or _key(msg) != _key(head):
                 return swarm_pb2.AllReduceAck(
@@ -288,8 +290,8 @@ class AllReduce:
             if part is not None:  # None: a part of a round that ended here, taken and dropped
                 part.buf[msg.offset : end] = msg.data
             size += len(msg.data)
-        if head is None:
-            return swarm_pb2.AllReduceAck(error="empty stream")
+        if head is None or refused:
+            return swarm_pb2.AllReduceAck(error=refused or "empty stream")
         if part is not None:
             await self._piece(_key(head), part, head.offset, size)
         self._last_part = time.monotonic()

@@ -97,7 +97,8 @@ def member_main() -> None:
             torch.save(out, cmd["out"])
             print(json.dumps({"sha": _sha(out), "bytes": sent}), flush=True)
         except AllReduceError as e:
-            print(json.dumps({"error": str(e), "missing": e.missing}), flush=True)
+            culprits = getattr(e, "culprits", [])
+            print(json.dumps({"error": str(e), "missing": e.missing, "culprits": culprits}), flush=True)
     reducer.close()
     host.close()
 
