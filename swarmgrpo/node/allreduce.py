@@ -336,8 +336,12 @@ class AllReduce:
     def _refuse(self, round_id: str, refusal: Refusal) -> None:
         """Log a refused part; one a member is to blame for fails the round (`_wait`). Call holding
         `_arrived`."""
-        log.warning("round %s: refused a part: %s", round_id, refusal.reason)
-        if refusal.culprit is not None:
+        if refusal.culprit is None:  # anyone can send these: not worth a warning each
+            log.info("round %s: refused a part: %s", round_id, refusal.reason)
+        else:
+            log.warning(
+                "round %s: refused a part of member %d: %s", round_id, refusal.culprit, refusal.reason
+            )
             self._refused.setdefault(round_id, {}).setdefault(refusal.culprit, refusal.reason)
             self._arrived.notify_all()
 
