@@ -39,27 +39,9 @@ Failure: a member that does not deliver within `timeout` seconds fails the round
 (`AllReduceError.missing` names the members not heard from); the caller retries without them.
 Sends are retried until then, so members need not start a round at the same moment.
 
-What a member takes (every other member may be hostile; `_refusal` is the rule):
-- a part of a running round only from the libp2p peer id (authenticated by the libp2p handshake) of
-  the member it claims to come from, and only the parts that member sends this one: reduce parts of
-  this member's own slice, means from the slice's owner;
-- only of the size the round's layout (length, members, codec, `segment_values`) gives its
-  segment, checked on the first chunk, before a buffer is taken; and a reduce weight that is a
-  finite number > 0;
-- values that decode and are finite: an owner checks each member's decoded part, and its sum,
-  before the mean leaves it; every member checks each decoded mean before it is used.
-A refused part of a member fails the round at once, naming it (`AllReduceError.culprits`, also
-in `missing`, so the caller goes on without it, as for a member not heard from); a part from a
-peer that is not the member it claims to be is refused and blames no member (anyone can claim).
-
-Parts of a round this member has not started yet are held, since members start at different
-moments, but that round's members are not known until it starts: only reduce parts (a mean
-cannot come before this member has sent its own part), at most SEND_WINDOW per peer (what an
-honest sender has in flight), none larger than a whole segment in any codec, EARLY_PARTS and
-EARLY_SEGMENTS segments' bytes in all, each for at most `timeout` seconds; past that a part is
-refused with "send again later" and its sender retries (`_send`). When the round starts, held
-parts pass the same rule as the others or are dropped. Parts of a round this member ended are
-acknowledged and dropped (a retried send whose acknowledgment was lost).
+What a member takes from the network, and what it holds before its round starts, is decided in
+`allreduce_parts` (every other member may be hostile); a refused part of a member fails the round
+at once, naming it (`AllReduceError.culprits`, also in `missing`).
 """
 
 from __future__ import annotations
@@ -72,12 +54,12 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 from hivemind.p2p import P2PContext, PeerID
 
 from swarmgrpo.node import compression
+from swarmgrpo.node.allreduce_parts import GATHER, REDUCE, Layout, Refusal, early_refusal, refusal
 from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.protocol import swarm_pb2
 
@@ -88,9 +70,6 @@ MIN_STREAM_BYTES = 256 * 1024  # parts smaller than this x streams use fewer str
 LINGER_S = 2.0  # `close` keeps taking parts until none has come for this long
 SEGMENT_VALUES = 1 << 21  # a slice travels in segments of at most this many values (see `_run`)
 SEND_WINDOW = 2  # segments in flight to one member, per phase
-REDUCE, GATHER = 0, 1
-EARLY_PARTS = 64  # parts of rounds not started here, held at once (see the module docstring)
-EARLY_SEGMENTS = 8  # their bytes in all, in whole segments of the largest codec
 FINISHED_ROUNDS = 256  # rounds remembered as ended here, so late parts of them are dropped
 
 
@@ -127,82 +106,6 @@ class AllReduceError(RuntimeError):
         super().__init__(message)
         self.culprits = sorted(set(culprits))
         self.missing = sorted(set(missing) | set(culprits))
-
-
-class Refusal(NamedTuple):
-    reason: str
-    culprit: int | None  # the member whose fault it is; None when the sender is not the member it claims
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What this member expects of a round: which peer is which member, and each segment's size."""
-
-    round_id: str
-    peers: tuple[str, ...]
-    me: int
-    codec: str
-    numel: int
-    segment_values: int
-
-    def segment_numels(self, part: int) -> list[int]:
-        """Values per segment of slice `part`, cut as `torch.tensor_split` cuts them in `_run`."""
-        n = len(self.peers)
-        size = self.numel // n + (part < self.numel % n)
-        k = max(1, -(-size // self.segment_values))
-        return [size // k + (i < size % k) for i in range(k)]
-
-
-def _refusal(layout: Layout, key: tuple, peer: str, total: int, weight: float) -> Refusal | None:
-    """Why this member does not take the part `key` of `total` bytes from libp2p peer `peer`
-    (None: it takes it)."""
-    round_id, phase, part, sender, segment = key
-    n, me = len(layout.peers), layout.me
-    expected = (phase == REDUCE and part == me and sender != me) or (
-        phase == GATHER and part == sender and part != me
-    )
-    if not (expected and sender < n):
-        return Refusal(
-            f"member {me} of round {round_id} takes no phase-{phase} part of slice {part} from member {sender}",
-            None,
-        )
-    if peer != layout.peers[sender]:
-        return Refusal(f"peer {peer} is not member {sender} of round {round_id}", None)
-    numels = layout.segment_numels(part)
-    if segment >= len(numels):
-        return Refusal(f"slice {part} has {len(numels)} segments, there is no segment {segment}", sender)
-    low, high = compression.encoded_size(layout.codec, numels[segment])
-    if not low <= total <= high:
-        span = f"{low}" if low == high else f"{low}-{high}"
-        return Refusal(
-            f"segment {segment} of slice {part} is {span} bytes in {layout.codec}, not {total}: "
-            "do all members run the same swarmgrpo version and round settings?",
-            sender,
-        )
-    if phase == REDUCE and not (math.isfinite(weight) and weight > 0):
-        return Refusal(f"averaging weight {weight} is not a finite number > 0", sender)
-    return None
-
-
-def _early_refusal(
-    msg: swarm_pb2.AllReducePart, peer: str, held: Sequence[tuple[str, int]], largest: int
-) -> str | None:
-    """Why a part of a round not started here is not held (None: it is). `held`: (peer, bytes) of
-    the parts held now; `largest`: the most bytes a segment takes in any codec."""
-    if msg.phase != REDUCE:
-        return f"round {msg.round_id} has not started here, and its means cannot come before it does"
-    if not (math.isfinite(msg.weight) and msg.weight > 0):
-        return f"averaging weight {msg.weight} is not a finite number > 0"
-    if msg.total_bytes > largest:
-        return f"a part of {msg.total_bytes} bytes is larger than any segment ({largest} bytes at most)"
-    mine = sum(1 for p, _ in held if p == peer)
-    if (
-        mine >= SEND_WINDOW
-        or len(held) >= EARLY_PARTS
-        or sum(b for _, b in held) + msg.total_bytes > EARLY_SEGMENTS * largest
-    ):
-        return f"round {msg.round_id} has not started here and {len(held)} early parts wait already: send again later"
-    return None
 
 
 @dataclass
@@ -299,16 +202,16 @@ class AllReduce:
 
     async def _admit(self, msg: swarm_pb2.AllReducePart, peer: str) -> _Part | str | None:
         """Where the part `msg` announces goes: a buffer (new, or the one its other ranges are in),
-        None (its round ended here: read and dropped), or why it is refused (see `_refusal`)."""
+        None (its round ended here: read and dropped), or why it is refused (see `allreduce_parts`)."""
         key = _key(msg)
         async with self._arrived:
             layout = self._rounds.get(msg.round_id)
             if layout is None:
                 return None if msg.round_id in self._finished else self._hold(key, msg, peer)
-            refusal = _refusal(layout, key, peer, msg.total_bytes, msg.weight)
-            if refusal is not None:
-                self._refuse(msg.round_id, refusal)
-                return refusal.reason
+            refused = refusal(layout, key, peer, msg.total_bytes, msg.weight)
+            if refused is not None:
+                self._refuse(msg.round_id, refused)
+                return refused.reason
             part = self._partial.get(key)
             if part is None or len(part.buf) != msg.total_bytes:  # a uint8 part sent again in another size
                 part = self._partial[key] = _Part(
@@ -326,36 +229,36 @@ class AllReduce:
         self._held.pop((key, peer), None)
         largest = max(compression.encoded_size(c, self.segment_values)[1] for c in compression.CODECS)
         held = [(p.peer, len(p.buf)) for p in self._held.values()]
-        refusal = _early_refusal(msg, peer, held, largest)
-        if refusal is not None:
-            log.info("not holding a part from %s: %s", peer, refusal)
-            return refusal
+        why = early_refusal(msg, peer, held, largest, SEND_WINDOW)
+        if why is not None:
+            log.info("not holding a part from %s: %s", peer, why)
+            return why
         part = self._held[(key, peer)] = _Part(bytearray(msg.total_bytes), msg.weight, peer, now)
         return part
 
-    def _refuse(self, round_id: str, refusal: Refusal) -> None:
+    def _refuse(self, round_id: str, refused: Refusal) -> None:
         """Log a refused part; one a member is to blame for fails the round (`_wait`). Call holding
         `_arrived`."""
-        if refusal.culprit is None:  # anyone can send these: not worth a warning each
-            log.info("round %s: refused a part: %s", round_id, refusal.reason)
+        if refused.culprit is None:  # anyone can send these: not worth a warning each
+            log.info("round %s: refused a part: %s", round_id, refused.reason)
         else:
             log.warning(
-                "round %s: refused a part of member %d: %s", round_id, refusal.culprit, refusal.reason
+                "round %s: refused a part of member %d: %s", round_id, refused.culprit, refused.reason
             )
-            self._refused.setdefault(round_id, {}).setdefault(refusal.culprit, refusal.reason)
+            self._refused.setdefault(round_id, {}).setdefault(refused.culprit, refused.reason)
             self._arrived.notify_all()
 
     async def _open(self, layout: Layout) -> None:
-        """Start taking the parts of a round: the held ones pass `_refusal` now, or are dropped."""
+        """Start taking the parts of a round: the held ones pass `refusal` now, or are dropped."""
         round_id, now = layout.round_id, time.monotonic()
         async with self._arrived:
             self._rounds[round_id] = layout
             self._finished.pop(round_id, None)
             for key, peer in [k for k in self._held if k[0][0] == round_id]:
                 part = self._held.pop((key, peer))
-                refusal = _refusal(layout, key, peer, len(part.buf), part.weight)
-                if refusal is not None:
-                    self._refuse(round_id, refusal)
+                refused = refusal(layout, key, peer, len(part.buf), part.weight)
+                if refused is not None:
+                    self._refuse(round_id, refused)
                 elif part.whole():
                     self._inbox[key] = (part.weight, part.buf, now)
                 else:

@@ -8,18 +8,15 @@ from hivemind.compression import serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
 from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import (
+from swarmgrpo.node.allreduce import SEND_WINDOW, AllReduceError, _decode_mean, _weighted_mean
+from swarmgrpo.node.allreduce_parts import (
     EARLY_PARTS,
     EARLY_SEGMENTS,
     GATHER,
     REDUCE,
-    SEND_WINDOW,
-    AllReduceError,
     Layout,
-    _decode_mean,
-    _early_refusal,
-    _refusal,
-    _weighted_mean,
+    early_refusal,
+    refusal,
 )
 from swarmgrpo.protocol import swarm_pb2
 
@@ -50,9 +47,9 @@ def _size(segment: int) -> int:
 
 
 def test_a_members_part_of_the_right_size_and_weight_is_taken():
-    assert _refusal(LAYOUT, ("r", REDUCE, 0, 1, 2), "peer-b", _size(2), 1.5) is None
+    assert refusal(LAYOUT, ("r", REDUCE, 0, 1, 2), "peer-b", _size(2), 1.5) is None
     mean_size = compression.encoded_size("none", LAYOUT.segment_numels(2)[0])[0]
-    assert _refusal(LAYOUT, ("r", GATHER, 2, 2, 0), "peer-c", mean_size, 0.0) is None
+    assert refusal(LAYOUT, ("r", GATHER, 2, 2, 0), "peer-c", mean_size, 0.0) is None
 
 
 @pytest.mark.parametrize(
@@ -69,8 +66,8 @@ def test_a_members_part_of_the_right_size_and_weight_is_taken():
     ],
 )
 def test_a_part_no_member_sends_here_is_refused_blaming_no_member(key, peer):
-    refusal = _refusal(LAYOUT, key, peer, _size(0), 1.0)
-    assert refusal is not None and refusal.culprit is None
+    refused = refusal(LAYOUT, key, peer, _size(0), 1.0)
+    assert refused is not None and refused.culprit is None
 
 
 @pytest.mark.parametrize(
@@ -86,8 +83,8 @@ def test_a_part_no_member_sends_here_is_refused_blaming_no_member(key, peer):
     ],
 )
 def test_a_members_bad_part_is_refused_blaming_it(segment, size, weight, why):
-    refusal = _refusal(LAYOUT, ("r", REDUCE, 0, 2, segment), "peer-c", size, weight)
-    assert refusal is not None and refusal.culprit == 2 and why in refusal.reason
+    refused = refusal(LAYOUT, ("r", REDUCE, 0, 2, segment), "peer-c", size, weight)
+    assert refused is not None and refused.culprit == 2 and why in refused.reason
 
 
 def _early(peer="p", total=100, phase=REDUCE, weight=1.0):
@@ -96,17 +93,17 @@ def _early(peer="p", total=100, phase=REDUCE, weight=1.0):
 
 def test_early_parts_are_held_within_bounds():
     largest = 1000
-    assert _early_refusal(*_early(), [], largest) is None
-    assert "means cannot come" in _early_refusal(*_early(phase=GATHER), [], largest)
-    assert "weight nan" in _early_refusal(*_early(weight=math.nan), [], largest)
-    assert "larger than any segment" in _early_refusal(*_early(total=largest + 1), [], largest)
+    assert early_refusal(*_early(), [], largest, SEND_WINDOW) is None
+    assert "means cannot come" in early_refusal(*_early(phase=GATHER), [], largest, SEND_WINDOW)
+    assert "weight nan" in early_refusal(*_early(weight=math.nan), [], largest, SEND_WINDOW)
+    assert "larger than any segment" in early_refusal(*_early(total=largest + 1), [], largest, SEND_WINDOW)
     mine = [("p", 10)] * SEND_WINDOW
-    assert "send again later" in _early_refusal(*_early(), mine, largest)
-    assert _early_refusal(*_early(peer="q"), mine, largest) is None
+    assert "send again later" in early_refusal(*_early(), mine, largest, SEND_WINDOW)
+    assert early_refusal(*_early(peer="q"), mine, largest, SEND_WINDOW) is None
     many = [(f"p{i}", 1) for i in range(EARLY_PARTS)]
-    assert "send again later" in _early_refusal(*_early(peer="q"), many, largest)
+    assert "send again later" in early_refusal(*_early(peer="q"), many, largest, SEND_WINDOW)
     full = [(f"p{i}", largest) for i in range(EARLY_SEGMENTS)]
-    assert "send again later" in _early_refusal(*_early(peer="q", total=1), full, largest)
+    assert "send again later" in early_refusal(*_early(peer="q", total=1), full, largest, SEND_WINDOW)
 
 
 def _part(values: torch.Tensor, w: float = 1.0):
