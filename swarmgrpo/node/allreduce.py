@@ -435,8 +435,6 @@ class AllReduce:
         vector = vector.to(torch.float32)
         if codec == "none":
             feedback = None  # nothing is lost
-        peers = tuple(m.peer_id for m in members)
-        await self._open(Layout(round_id, peers, me, codec, vector.numel(), self.segment_values))
         if feedback is not None:
             feedback.prepare(n, me, vector.numel())
 
@@ -494,6 +492,8 @@ class AllReduce:
                     waiting.discard(key)
             timer.mark("last_mean")
 
+        peers = tuple(m.peer_id for m in members)  # from here on `_end` must run (nothing below raises)
+        await self._open(Layout(round_id, peers, me, codec, vector.numel(), self.segment_values))
         # In the order their errors are reported: a member whose slice never reached this one is
         # the cause; the means that then never come, and sends it never took, are its effects.
         tasks = [asyncio.create_task(reduce_mine())]
