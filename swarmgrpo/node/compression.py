@@ -57,6 +57,9 @@ BLOCK_VALUES = 1024  # values per scale, for fp16, int8 and fp8
 CHUNK_VALUES = 256 * BLOCK_VALUES  # block codecs work a chunk at a time (1 MB of float32 temporaries)
 # First byte of every encoding: which format follows (the block codecs' tags are in _BLOCK_CODECS).
 _HIVEMIND, _RAW_F32 = b"h", b"f"
+# hivemind kinds `encode` makes; a part of another kind (bitsandbytes, 16-bit, ...) is refused.
+_HIVEMIND_KINDS = (runtime_pb2.UNIFORM_8BIT, runtime_pb2.NONE)
+_PROTOBUF_FIELDS_BYTES = 64  # a hivemind Tensor message's fields around its buffer (21 for 2M values)
 
 
 class _NumPy2Extract:
@@ -104,6 +107,22 @@ def encode(codec: str, part: torch.Tensor) -> bytes | bytearray:
     return _HIVEMIND + serialization.serialize_torch_tensor(part, kind).SerializeToString()
 
 
+def encoded_size(codec: str, n: int) -> tuple[int, int]:
+    """The fewest and most bytes `encode(codec, part)` makes of a part of `n` values: a receiver
+    refuses a part announced with any other size before it takes memory for it. Exact for every
+    codec but `uint8`, whose hivemind message is either a codebook and a byte per value or, for a
+    constant part, float32 (see `encode`), framed by a few protobuf fields."""
+    if codec == "none":
+        return 1 + 4 * n, 1 + 4 * n
+    if codec in _BLOCK_CODECS:
+        size = 9 + 4 * -(-n // BLOCK_VALUES) + _BLOCK_CODECS[codec].dtype.itemsize * n
+        return size, size
+    if codec == "uint8":
+        quantized, constant = n + 8 + 4 * 256, 4 * n
+        return 1 + min(quantized, constant), 1 + max(quantized, constant) + _PROTOBUF_FIELDS_BYTES
+    raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)}")
+
+
 def decode(data: bytes | bytearray) -> torch.Tensor:
     """The float32 values of an encoded part (for a raw float32 part, a read-only view of `data`)."""
     kind = bytes(data[:1])
@@ -135,6 +154,11 @@ def _decode_hivemind(data: bytes | bytearray) -> torch.Tensor:
         )
     message = runtime_pb2.Tensor()
     message.ParseFromString(bytes(data[1:]))
+    if message.compression not in _HIVEMIND_KINDS:
+        raise ValueError(
+            f"hivemind encoding {runtime_pb2.CompressionType.Name(message.compression)} is not one that "
+            "swarmgrpo sends (uint8 parts are UNIFORM_8BIT or NONE)"
+        )
     return serialization.deserialize_torch_tensor(message).to(torch.float32)
 
 

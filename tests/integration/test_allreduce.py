@@ -21,6 +21,7 @@ from swarmgrpo.node.allreduce import (
     AllReduce,
     AllReduceError,
     ErrorFeedback,
+    Layout,
     Member,
 )
 from swarmgrpo.node.p2p_host import PeerHost
@@ -96,7 +97,8 @@ def member_main() -> None:
             torch.save(out, cmd["out"])
             print(json.dumps({"sha": _sha(out), "bytes": sent}), flush=True)
         except AllReduceError as e:
-            print(json.dumps({"error": str(e), "missing": e.missing}), flush=True)
+            culprits = getattr(e, "culprits", [])
+            print(json.dumps({"error": str(e), "missing": e.missing, "culprits": culprits}), flush=True)
     reducer.close()
     host.close()
 
@@ -194,13 +196,24 @@ def test_a_range_sent_twice_is_placed_once():
     host = PeerHost()
     reducer = AllReduce(host, timeout=5)
     try:
-        data = bytes(range(256)) * 8
+        data = compression.encode("none", _vector(0, 512))  # slice 0 of a 1024-value round of 2
+        sender = "sender-peer"
+        layout = Layout("r", (host.peer_id, sender), 0, "none", 1024, 1024)
+        head = swarm_pb2.AllReducePart(
+            round_id="r", phase=0, part=0, sender=1, weight=2.0, total_bytes=len(data)
+        )
         key = ("r", 0, 0, 1, 0)  # round, phase, part, sender, segment
 
         async def pieces():
-            for offset in (0, 0, 1024):  # the first range twice (a retried send), then the rest
-                reducer._buffer(key, len(data))[offset : offset + 1024] = data[offset : offset + 1024]
-                await reducer._piece(key, 2.0, offset, 1024)
+            await reducer._open(layout)
+            for start, end in (
+                (0, 1024),
+                (0, 1024),
+                (1024, len(data)),
+            ):  # the first range twice (a retried send)
+                part = await reducer._admit(head, sender)
+                part.buf[start:end] = data[start:end]
+                await reducer._piece(key, part, start, end - start)
             return await reducer._wait({key}, time.monotonic() + 5)
 
         weight, got = host.call(pieces())[key]
@@ -217,19 +230,22 @@ def test_a_failed_stream_sends_only_its_range_again():
     receiver_host, sender_host = PeerHost(), PeerHost()
     receiver, sender = AllReduce(receiver_host, timeout=10), AllReduce(sender_host, timeout=10)
     to_receiver = Member(receiver_host.peer_id, tuple(receiver_host.addrs))
-    data = bytes(torch.randint(0, 256, (6 * MIN_STREAM_BYTES,), dtype=torch.uint8).numpy())
+    values = 6 * MIN_STREAM_BYTES // 4
+    data = compression.encode("none", _vector(0, values))  # slice 0 of a round of 2
     head = swarm_pb2.AllReducePart(round_id="flaky", phase=0, part=0, sender=1, weight=1.0)
     key = ("flaky", 0, 0, 1, 0)
     second = len(data) // sender.streams  # where the second stream's range starts
     placed, original = [], receiver._piece
 
-    async def piece(k, weight, offset, length):
+    async def piece(k, part, offset, length):
         placed.append(offset)
         if offset == second and placed.count(second) == 1:
             raise ConnectionResetError("dropped once by the test")
-        await original(k, weight, offset, length)
+        await original(k, part, offset, length)
 
     receiver._piece = piece
+    peers = (receiver_host.peer_id, sender_host.peer_id)
+    receiver_host.call(receiver._open(Layout("flaky", peers, 0, "none", 2 * values, values)))
     try:
         sender_host.call(sender._send(to_receiver, head, data, time.monotonic() + 10, index=0))
         _, got = receiver_host.call(receiver._wait({key}, time.monotonic() + 5))[key]
