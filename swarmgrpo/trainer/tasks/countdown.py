@@ -21,8 +21,8 @@ TARGET_RANGE = (1, 999)
 COUNTS = (3, 4)
 
 _EXPR_RUN = re.compile(r"[\d\s+\-*/()=]+")
-_BINARY_OP = re.compile(r"[\d)]\s*[-+*/]")
-_TIMES_X = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
+_BINARY_OP = re.compile(r"[\d)]\s*+[-+*/]")
+_TIMES_X = re.compile(r"(?<=[\d)])\s*+[xX]\s*+(?=[\d(])")
 
 
 def build_solution(rng: random.Random, numbers: list[int]) -> tuple[int, str]:
