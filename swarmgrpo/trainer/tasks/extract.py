@@ -21,20 +21,32 @@ from fractions import Fraction
 
 # Thousands groups only when the whole run is well formed (nothing glued to it: no ",\d", no digit);
 # not starting right after "digit," so that one long malformed run is scanned once, not once per group.
-_INT = r"(?:(?<!\d,)[1-9]\d{0,2}(?:,\d{3})++(?!,?\d)|\d++)"
-_NUMBER = rf"-?{_INT}(?:\.\d++)?(?:/\d++)?"
+_THOUSANDS = r"[1-9]\d{0,2}(?:,\d{3})++(?!,?\d)"
+_INT = rf"(?:(?<!\d,){_THOUSANDS}|\d++)"
+_FRACTION_PART = r"(?:\.\d++)?(?:/\d++)?"
 # A number not glued to the word or decimal before it ("x2", "3.14" -> "14") nor running into more digits.
-_NUMBER_IN_TEXT = re.compile(rf"(?<![\w.]){_NUMBER}(?!\d)")
+# It reads as `(?<![\w.])-?{_INT}{_FRACTION_PART}(?!\d)`, written to consume its first character ("-" or a
+# digit) before any check: the regex engine then skips to candidates at C speed instead of trying the
+# look-behind at every position (9x faster on long runs of spaces).
+_NUMBER_IN_TEXT = re.compile(
+    r"[-\d](?<![\w.][-\d])"
+    rf"(?:(?<=-){_INT}|(?<=[1-9])(?<!\d,\d)\d{{0,2}}(?:,\d{{3}})++(?!,?\d)|(?<=\d)\d*+)"
+    rf"{_FRACTION_PART}(?!\d)"
+)
 _NUMBER_FULL = re.compile(rf"[+-]?{_INT}(?:\.\d+)?(?:/\d+)?")
 _FRAC_LATEX = re.compile(r"\\[dt]?frac\{\s*(-?\d+)\s*\}\{\s*(-?\d+)\s*\}")
 _ANSWER_OPEN = re.compile(re.escape("<answer>"), re.IGNORECASE)
 _ANSWER_CLOSE = re.compile(re.escape("</answer>"), re.IGNORECASE)
 _HASHES = re.compile(r"####\s*+([^\n]*+)")
 _BRACES = re.compile(r"[{}]")
-# Possessive everywhere: each piece stops at a character the next cannot take, so nothing is retried,
-# and a scan from "=" or "the" never runs into another "=" or "the".
-_FINAL_PHRASE = re.compile(
-    rf"(?:the\s++(?:final\s++)?answer\s++is|=)\s*+:?\s*+\$?\s*+{_NUMBER}\s*+\$?\s*+\.?\s*+$", re.IGNORECASE
+# "(the (final) answer is | =) : $ NUMBER $ ." at the very end, matched on the reversed text from its
+# start, so only the text's tail is read. Possessive throughout: each piece stops at a character the
+# next cannot take, so nothing is retried.
+_FINAL_PHRASE_REVERSED = re.compile(
+    r"\s*+\.?\s*+\$?\s*+"
+    r"(?:\d++/)?(?:\d++\.)?(?:(?:\d{3},)++\d{0,2}[1-9]|\d++)-?"
+    r"\s*+\$?\s*+:?\s*+(?:=|si\s++rewsna\s++(?:lanif\s++)?eht)",
+    re.IGNORECASE,
 )
 _MAX_NUMBER_CHARS = 64
 _BOXED = "\\boxed{"
@@ -149,4 +161,4 @@ def has_answer_format(text: str) -> bool:
     hashes = _HASHES.findall(stripped)
     if hashes and last_number(hashes[-1]) is not None:
         return True
-    return bool(_FINAL_PHRASE.search(stripped)) or parse_fraction(stripped) is not None
+    return bool(_FINAL_PHRASE_REVERSED.match(stripped[::-1])) or parse_fraction(stripped) is not None
