@@ -4,9 +4,9 @@ A real coordinator process (arithmetic task, completions up to 1024 tokens) is a
 node that submits, lease after lease, the worst completions found by reading every pattern of the
 checker, as token ids of the run's tokenizer: "=" then a run of whitespace (cubic before), unclosed
 \\boxed{ and <answer> blocks (quadratic before), "####" runs, malformed thousands runs. Meanwhile an
-honest node heartbeats. Measured against the real processes: the coordinator's CPU time per
-submission, its scoring worker's included (from /proc), and the honest node's Heartbeat latency
-during the attack and in quiet windows between.
+honest node heartbeats. Measured against the real processes: the CPU time of the scoring per
+submission (from /proc: the coordinator's scoring worker, or the coordinator where it scores inline),
+and the honest node's Heartbeat latency during the attack and in quiet windows between.
 """
 
 import os
@@ -28,15 +28,16 @@ MAX_TOKENS = 1024
 ATTACKS = 12
 ROUNDS = 3
 CPU_LIMIT_S = 0.050
+# (head, filler, tail): the filler repeats until the completion holds MAX_TOKENS tokens, tail included
 WORST = (
-    "=" + " " * 100_000 + "x",
-    "= 5" + " " * 100_000 + "x",
-    "the answer is" + " \t" * 50_000 + ":x",
-    "\\boxed{" * 20_000,
-    "<answer>" * 20_000,
-    "####" * 50_000,
-    "1" + ",100" * 20_000 + "1",
-    ("=" + " " * 64) * 2_000,
+    ("=", " ", "x"),
+    ("= 5", " ", "x"),
+    ("the answer is", " ", ":x"),
+    ("", "\\boxed{", ""),
+    ("", "<answer>", ""),
+    ("", "####", ""),
+    ("1", ",100", "1"),
+    ("", "=" + " " * 64, ""),
 )
 
 
@@ -54,7 +55,15 @@ def network(tmp_path):
 
 def _worst_token_ids() -> list[list[int]]:
     tokenizer = load_tokenizer("tiny")
-    return [tokenizer.encode(text, add_special_tokens=False)[:MAX_TOKENS] for text in WORST]
+
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    worst = []
+    for head, filler, tail in WORST:
+        room = MAX_TOKENS - len(encode(head)) - len(encode(tail))
+        worst.append(encode(head) + encode(filler * 100 * MAX_TOKENS)[:room] + encode(tail))
+    return worst
 
 
 def _worst_submission(lease, completions: list[list[int]]) -> swarm_pb2.SubmitRequest:
@@ -90,9 +99,10 @@ def _forked_children(pid: int) -> list[int]:
     return found
 
 
-def _coordinator_cpu_s(pid: int) -> float:
-    """CPU time of the coordinator process and of its scoring worker (where it has one)."""
-    return _cpu_s(pid) + sum(_cpu_s(child) for child in _forked_children(pid))
+def _scoring_cpu_s(pid: int) -> float:
+    """CPU time of the process that scores: the coordinator's worker, or the coordinator if it has none."""
+    workers = _forked_children(pid)
+    return sum(_cpu_s(w) for w in workers) if workers else _cpu_s(pid)
 
 
 def _heartbeat_ms(client) -> float:
@@ -107,22 +117,26 @@ def test_the_worst_completions_cost_little_cpu_and_do_not_stall_other_calls(netw
     coordinator = network.coordinator.pid
     honest, _ = _join(network)
     completions = _worst_token_ids()
-    assert all(len(ids) == MAX_TOKENS for ids in completions[:3])  # the whitespace runs fill the limit
+    assert all(len(ids) == MAX_TOKENS for ids in completions)
     attacks = []  # one lease per node: the attacker runs many keys, and builds its requests first
     for _ in range(ATTACKS):
         attacker, _ = _join(network)
         lease = attacker.lease(0, 2)
         assert lease.status == swarm_pb2.LEASE_GRANTED, lease
-        attacks.append((attacker, _worst_submission(lease, completions)))
+        req = attacker.key.sign("Submit", _worst_submission(lease, completions))  # now, not while measured
+        attacks.append((attacker, req))
 
-    scoring_s, rewards, errors = [], [], []
+    scoring_s, total_s, rewards, errors = [], [], [], []
 
     def attack(batch):
         try:
             for attacker, req in batch:
-                cpu0 = _coordinator_cpu_s(coordinator)
-                reply = attacker.submit(req)
-                scoring_s.append(_coordinator_cpu_s(coordinator) - cpu0)
+                cpu0, scoring0 = _cpu_s(coordinator), _scoring_cpu_s(coordinator)
+                reply = attacker.stub.Submit(req, timeout=60)
+                scoring_s.append(_scoring_cpu_s(coordinator) - scoring0)
+                total_s.append(
+                    _cpu_s(coordinator) - cpu0 + scoring_s[-1] * bool(_forked_children(coordinator))
+                )
                 assert reply.status == swarm_pb2.SUBMIT_ACCEPTED, reply.message
                 rewards.extend(r for g in reply.rewards for r in g.rewards)  # scored, every one
         except Exception as e:  # reported by the main thread
@@ -140,13 +154,13 @@ def test_the_worst_completions_cost_little_cpu_and_do_not_stall_other_calls(netw
     assert not errors, errors
     assert len(scoring_s) == ATTACKS and len(rewards) == ATTACKS * 8
 
-    # /proc counts in clock ticks (10 ms): the mean is the figure. It includes the coordinator's own
-    # work on each submission (signature, field checks, storing) and on the heartbeats meanwhile.
+    # /proc counts in clock ticks (10 ms): the means are the figures. The total adds the coordinator's
+    # own work on each submission (signature, field checks, storing) and on the heartbeats meanwhile.
     per_submission = sum(scoring_s) / ATTACKS
     base, loaded = statistics.median(before), statistics.median(during)
     print(
-        f"coordinator CPU per submission of 8 x {MAX_TOKENS} worst tokens: mean {per_submission * 1000:.1f} ms, "
-        f"max {max(scoring_s) * 1000:.0f} ms; heartbeat median {base:.2f} ms before, {loaded:.2f} ms during "
+        f"scoring CPU per submission of 8 x {MAX_TOKENS} worst tokens: mean {per_submission * 1000:.1f} ms, "
+        f"max {max(scoring_s) * 1000:.0f} ms (coordinator in all {sum(total_s) / ATTACKS * 1000:.1f} ms); heartbeat median {base:.2f} ms before, {loaded:.2f} ms during "
         f"({len(during)} heartbeats)"
     )
     assert per_submission < CPU_LIMIT_S
