@@ -78,6 +78,11 @@ class RunConfig:
     heartbeat_interval_s: float = 5.0
     """How often nodes report; a node silent for 3 intervals no longer counts as a weight holder."""
 
+    score_cpu_budget_s: float = 2.0
+    """CPU seconds the coordinator may spend scoring one submission (decoding and rewarding every
+    completion); a submission over it is refused whole. Honest completions cost milliseconds; raise
+    it only for a slow task.reward_fn."""
+
     max_clock_skew_s: float = 120.0
     """Largest difference between a node's clock and the coordinator's accepted on a request."""
 
@@ -104,7 +109,7 @@ class RunConfig:
         for name in ("prompts_per_lease",):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1", f"set {name} to 1 or more")
-        for name in ("lease_timeout_s", "heartbeat_interval_s", "max_clock_skew_s"):
+        for name in ("lease_timeout_s", "heartbeat_interval_s", "max_clock_skew_s", "score_cpu_budget_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be > 0", f"set {name} to a positive number of seconds")
         for name in ("listen", "http_listen"):

@@ -27,6 +27,7 @@ import grpc
 
 from swarmgrpo.coordinator import status
 from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.scoring import Scorer
 from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
@@ -103,6 +104,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             "use another state_dir for a new run or the same run_id to resume"
         )
     run = Run(cfg)
+    scorer = Scorer(run.reward, cfg.score_cpu_budget_s)  # forked now: no thread has started yet
     host, dht = None, {}  # dht: the view /status shows, refreshed in place by the loop below
     if cfg.dht_listen:
         host = await asyncio.to_thread(PeerHost, cfg.dht_listen)
@@ -113,6 +115,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
         cfg,
         store,
         run,
+        scorer,
         status_fn=lambda: status.snapshot(store, cfg.heartbeat_interval_s, dht, summary),
         dht_addrs=host.addrs if host else [],
     )
@@ -175,6 +178,7 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             await asyncio.to_thread(host.close)
         if http is not None:
             http.shutdown()
+        scorer.close()
         store.close()
         log.info("coordinator stopped; state is in %s", db_path)
 

@@ -28,6 +28,7 @@ import grpc
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.gate import Gate
+from swarmgrpo.coordinator.scoring import OverBudget, Scorer
 from swarmgrpo.coordinator.store import Lease, Store
 from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
@@ -95,11 +96,18 @@ class StepTeam:
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def __init__(
-        self, cfg: RunConfig, store: Store, run: Run, status_fn=None, dht_addrs: list[str] | None = None
+        self,
+        cfg: RunConfig,
+        store: Store,
+        run: Run,
+        scorer: Scorer,
+        status_fn=None,
+        dht_addrs: list[str] | None = None,
     ):
         self.cfg = cfg
         self.store = store
         self.run = run
+        self.scorer = scorer
         self.status_fn = status_fn
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
@@ -464,23 +472,9 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.store.set_meta("next_prompt_index", index + 1)
         return index
 
-    async def Submit(self, request, context):
-        lease = self.store.lease(request.lease_id)
-        node_id = request.auth.node_id
-        mine = lease is not None and lease.node_id == node_id
-        leased = set(lease.prompt_indices) if mine else set()
-        check = (lambda r, lim: validate.submit(r, lim, leased)) if mine else validate.signed_only
-        await self._checked("Submit", request, context, check)
+    def _closed_lease_reply(self, lease: Lease) -> swarm_pb2.SubmitReply | None:
+        """The reply to a submission for a lease that no longer takes one; None while it is open."""
         reply = swarm_pb2.SubmitReply()
-        if not mine:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"lease {request.lease_id[:24]} is not yours: ask for a new lease"
-            )
-        if request.policy_version != lease.policy_version:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"policy_version {request.policy_version} differs from the lease's {lease.policy_version}; sample with the leased version",
-            )
         v, k = self.version, self.cfg.max_staleness
         if lease.state == "submitted":
             reply.status, reply.message = swarm_pb2.SUBMIT_DUPLICATE, "this lease was already accepted"
@@ -506,10 +500,48 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
             reply.policy.CopyFrom(self.policy_state())
             return reply
-        rewards = []
-        for g in request.groups:
-            example, _ = self.store.prompt(g.prompt_index)
-            rewards.append([self.run.reward(example, list(c.token_ids)) for c in g.completions])
+        return None
+
+    def _give_back(self, lease: Lease) -> None:
+        """Close the lease with nothing done: its prompts go to other nodes."""
+        with self.store.tx():
+            self.store.close_lease(lease, "returned", done=[])
+        self._notify()
+
+    async def Submit(self, request, context):
+        lease = self.store.lease(request.lease_id)
+        node_id = request.auth.node_id
+        mine = lease is not None and lease.node_id == node_id
+        leased = set(lease.prompt_indices) if mine else set()
+        check = (lambda r, lim: validate.submit(r, lim, leased)) if mine else validate.signed_only
+        await self._checked("Submit", request, context, check)
+        reply = swarm_pb2.SubmitReply()
+        if not mine:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"lease {request.lease_id[:24]} is not yours: ask for a new lease"
+            )
+        if request.policy_version != lease.policy_version:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"policy_version {request.policy_version} differs from the lease's {lease.policy_version}; sample with the leased version",
+            )
+        refused = self._closed_lease_reply(lease)
+        if refused is not None:
+            return refused
+        groups = [
+            (self.store.prompt(g.prompt_index)[0], [list(c.token_ids) for c in g.completions])
+            for g in request.groups
+        ]
+        try:
+            rewards = await self.scorer.score(groups)  # off the event loop: other RPCs go on meanwhile
+        except OverBudget as e:
+            if self.store.lease(request.lease_id).state == "open":  # not expired and leased out meanwhile
+                self._give_back(lease)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        lease = self.store.lease(request.lease_id)  # it may have expired, or been submitted, meanwhile
+        refused = self._closed_lease_reply(lease)
+        if refused is not None:
+            return refused
         tokens = sum(len(c.token_ids) for g in request.groups for c in g.completions)
         with self.store.tx():
             for g, r in zip(request.groups, rewards, strict=True):

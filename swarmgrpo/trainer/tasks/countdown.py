@@ -21,8 +21,10 @@ TARGET_RANGE = (1, 999)
 COUNTS = (3, 4)
 
 _EXPR_RUN = re.compile(r"[\d\s+\-*/()=]+")
-_BINARY_OP = re.compile(r"[\d)]\s*[-+*/]")
-_TIMES_X = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
+_BINARY_OP = re.compile(r"[\d)]\s*+[-+*/]")
+# Possessive, and starting with the operand it keeps (not a look-behind), so that the regex engine skips
+# to candidates at C speed: completions are untrusted and may be long runs of whitespace.
+_TIMES_X = re.compile(r"([\d)])\s*+[xX]\s*+(?=[\d(])")
 
 
 def build_solution(rng: random.Random, numbers: list[int]) -> tuple[int, str]:
@@ -55,7 +57,7 @@ def draw_problem(rng: random.Random) -> tuple[list[int], int, str]:
 
 def _normalize_ops(text: str) -> str:
     text = text.replace("\u00d7", "*").replace("\u00f7", "/").replace("\u2212", "-").replace("\u2217", "*")
-    return _TIMES_X.sub(" * ", text)
+    return _TIMES_X.sub(r"\1 * ", text)
 
 
 def extract_expression(completion: str) -> str | None:
