@@ -145,6 +145,11 @@ class Store:
         row = self.db.execute("SELECT public_key FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return row[0] if row else None
 
+    def node_roles(self, node_id: str) -> list[str]:
+        """The roles the coordinator granted the node ([] for an unknown node)."""
+        row = self.db.execute("SELECT roles FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return json.loads(row[0]) if row else []
+
     def touch_node(self, node_id: str, **fields) -> None:
         """Update a node's row. Its policy_version only moves forward between joins: a heartbeat
         sent before a gradient worker learnt that its step was published must not take it back

@@ -1,0 +1,95 @@
+"""Attacks on who trains, who is dropped, what is published and who gets work, against a real
+coordinator process (gRPC + SQLite), played by signed clients with keys of their own."""
+
+import time
+
+import grpc
+import pytest
+
+from swarmgrpo.protocol import swarm_pb2
+from swarmgrpo.protocol.client import CoordinatorError
+from tests.integration.netfixtures import Network
+from tests.integration.test_network import _fake_groups, _join
+
+pytestmark = pytest.mark.integration
+
+TRAIN = (swarm_pb2.ROLE_TRAIN,)
+REAL, BOGUS = "ab" * 32, "ee" * 32
+
+
+@pytest.fixture
+def network(tmp_path, request):
+    net = Network(tmp_path, **getattr(request, "param", {}))
+    yield net
+    net.close()
+
+
+def _fill_steps(net, steps: int = 2) -> None:
+    rollout, _ = _join(net)
+    for _ in range(steps):
+        assert rollout.submit(_fake_groups(rollout.lease(0, 2))).status == swarm_pb2.SUBMIT_ACCEPTED
+
+
+def _versions(net) -> list[tuple[int, str, str]]:
+    with net.db() as db:
+        return db.execute("SELECT version, weight_hash, node_id FROM versions ORDER BY version").fetchall()
+
+
+@pytest.mark.parametrize("network", [{"max_trainers": 1}], indirect=True)
+def test_nodes_not_granted_train_neither_train_nor_drop_the_trainer_nor_publish(network):
+    """A rollout node calls TrainBatch, names the trainer missing and reports weights of its choice;
+    three fresh keys ask for the train role while the run has its one trainer. None of them enters a
+    team: the honest trainer trains the step alone and publishes its own weights."""
+    network.start_coordinator()
+    honest, joined = _join(network, roles=TRAIN, peer_id="peer-honest")
+    assert list(joined.roles) == [swarm_pb2.ROLE_TRAIN]
+    _fill_steps(network)
+    for _ in range(3):
+        with pytest.raises(CoordinatorError) as e:
+            _join(network, roles=TRAIN, peer_id="peer-fake")
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_trainers=1" in str(e.value)
+    rollouts = [_join(network, roles=(), peer_id=f"peer-auto{i}") for i in range(3)]
+    assert all(list(r.roles) == [swarm_pb2.ROLE_ROLLOUT] for _, r in rollouts), "the run has its trainer"
+    attackers = [client for client, _ in rollouts] + [_join(network, peer_id="peer-rollout")[0]]
+    for attacker in attackers:
+        for claim in ([], [honest.key.node_id]):
+            with pytest.raises(CoordinatorError) as e:
+                attacker.train_batch(0, failed_attempt=0, missing_node_ids=claim)
+            assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "train role" in str(e.value)
+        assert attacker.report_step(0, BOGUS, {}).status == swarm_pb2.STEP_REJECTED
+    batch = honest.train_batch(0)
+    assert batch.status == swarm_pb2.BATCH_READY
+    assert [w.node_id for w in batch.workers] == [honest.key.node_id] and len(batch.groups) == 2
+    assert honest.report_step(0, REAL, {}).status == swarm_pb2.STEP_PUBLISHED
+    assert _versions(network) == [(1, REAL, honest.key.node_id)]
+
+
+@pytest.mark.parametrize("network", [{"max_trainers": 2}], indirect=True)
+def test_a_granted_fake_trainer_can_neither_drop_its_honest_teammate_nor_publish_alone(network):
+    """Three fake keys against one honest trainer, with a free trainer slot: one fake takes it, the
+    other two are refused. In the step's team of two, the fake names the honest trainer missing
+    (it still heartbeats: it stays) and reports other weights (no majority: nothing is published)."""
+    network.start_coordinator()
+    honest, _ = _join(network, roles=TRAIN, peer_id="peer-honest")
+    fake, joined = _join(network, roles=TRAIN, peer_id="peer-fake")
+    assert list(joined.roles) == [swarm_pb2.ROLE_TRAIN]
+    for _ in range(2):
+        with pytest.raises(CoordinatorError) as e:
+            _join(network, roles=TRAIN, peer_id="peer-fake")
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    _fill_steps(network)
+    team = sorted([honest.key.node_id, fake.key.node_id])
+    assert sorted(w.node_id for w in fake.train_batch(0).workers) == team
+    assert sorted(w.node_id for w in honest.train_batch(0).workers) == team
+    honest.heartbeat(0, "training", 0.0)
+    claimed = fake.train_batch(0, failed_attempt=0, missing_node_ids=[honest.key.node_id])
+    assert claimed.status == swarm_pb2.BATCH_READY and claimed.attempt == 0
+    assert sorted(w.node_id for w in claimed.workers) == team, "one peer's word dropped the honest trainer"
+    assert "the coordinator still hears from them" in claimed.message
+    assert fake.report_step(0, BOGUS, {}).status == swarm_pb2.STEP_PENDING
+    voided = honest.report_step(0, REAL, {})
+    assert voided.status == swarm_pb2.STEP_REJECTED and "majority" in voided.message, voided
+    time.sleep(1.5)  # the server's publish check runs every second: it must not publish either
+    assert _versions(network) == []
+    again = honest.train_batch(0)
+    assert again.attempt == 1 and sorted(w.node_id for w in again.workers) == team
