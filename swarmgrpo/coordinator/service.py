@@ -26,6 +26,7 @@ import grpc
 
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
+from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
 from swarmgrpo.coordinator.store import Lease, Store
 from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
@@ -82,6 +83,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
         self.train_devices: dict[str, str] = {}  # node id -> the device its TrainBatch calls named
+        self.line = LeaseLine(grace_s=max(2.0, cfg.heartbeat_interval_s))
         self._changed = asyncio.Event()  # set (and replaced) whenever work or the policy moves
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
@@ -345,9 +347,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             return await self._lease(request, context)
 
         # Held while no prompt is free, until a new policy is published.
-        return await self._hold_wait_reply(
-            request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
-        )
+        with self.line.asking(request.auth.node_id):
+            return await self._hold_wait_reply(
+                request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
+            )
 
     async def _lease(self, request, context):
         node_id = request.auth.node_id
@@ -377,12 +380,18 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             if lease is None:
                 self.store.drop_stale(v - k)
                 budget = self.prompts_per_step * self._open_steps()
-                outstanding = self.store.unused_rollouts(v - k) + self.store.leased_prompt_count()
-                n = min(request.max_prompts, self.cfg.prompts_per_lease, budget - outstanding)
+                free = budget - self.store.unused_rollouts(v - k) - self.store.leased_prompt_count()
+                n = min(request.max_prompts, self._lease_size(node_id, free, budget))
                 if n <= 0:
+                    self.line.refused(node_id)
                     reply.status, reply.retry_after_s = swarm_pb2.LEASE_WAIT, 0.5
-                    reply.message = f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                    reply.message = (
+                        "the free prompts are kept for nodes ahead in line; stay asking, you are served as they free up"
+                        if free > 0
+                        else f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                    )
                     return reply
+                self.line.served(node_id)
                 indices = self.store.pool_prompts(n)
                 while len(indices) < n:
                     indices.append(self._issue_prompt())
@@ -414,6 +423,19 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         for i in lease.prompt_indices:
             reply.prompts.add(prompt_index=i, token_ids=self.store.prompt(i)[1])
         return reply
+
+    def _lease_size(self, node_id: str, free: int, budget: int) -> int:
+        """This node's share of the free prompts (see coordinator/leaseline.py); in a transaction."""
+        return lease_size(
+            node_id,
+            free,
+            budget,
+            self.cfg.prompts_per_lease,
+            holders={lease.node_id for lease in self.store.open_leases()},
+            line=self.line.waiting(),
+            expired=self.store.expired_lease_counts(),
+            now=time.time(),
+        )
 
     def _issue_prompt(self) -> int:
         index = int(self.store.get_meta("next_prompt_index", "0"))

@@ -253,6 +253,13 @@ class Store:
             sql, args = sql + " AND deadline < ?", [*args, expired_by]
         return [self.lease(r[0]) for r in self.db.execute(sql, args).fetchall()]
 
+    def expired_lease_counts(self) -> dict[str, int]:
+        """Node id -> how many of its leases expired unsubmitted."""
+        rows = self.db.execute(
+            "SELECT node_id, COUNT(*) FROM leases WHERE state = 'expired' GROUP BY node_id"
+        )
+        return dict(rows.fetchall())
+
     def leased_prompt_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM prompts WHERE state = 'leased'").fetchone()[0]
 

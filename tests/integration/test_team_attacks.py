@@ -1,6 +1,7 @@
 """Attacks on who trains, who is dropped, what is published and who gets work, against a real
 coordinator process (gRPC + SQLite), played by signed clients with keys of their own."""
 
+import threading
 import time
 
 import grpc
@@ -9,7 +10,7 @@ import pytest
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
 from tests.integration.netfixtures import Network
-from tests.integration.test_network import _fake_groups, _join
+from tests.integration.test_network import _count, _fake_groups, _join
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +94,41 @@ def test_a_granted_fake_trainer_can_neither_drop_its_honest_teammate_nor_publish
     assert _versions(network) == []
     again = honest.train_batch(0)
     assert again.attempt == 1 and sorted(w.node_id for w in again.workers) == team
+
+
+@pytest.mark.parametrize("network", [{"lease_timeout_s": 6.0}], indirect=True)
+def test_four_hoarding_keys_leave_an_honest_node_served_within_one_lease_timeout(network):
+    """Four keys lease and never submit, asking again the moment each lease expires (and holding
+    Lease calls open meanwhile); an honest node that asks after them is served when their first
+    leases expire, within one lease timeout of asking."""
+    network.start_coordinator()  # 2 prompts a step, k = 1: 4 prompts may be out, 2 a lease
+    timeout = 6.0
+    hoarders = [_join(network)[0] for _ in range(4)]
+    stop = threading.Event()
+
+    def hoard(client):
+        while not stop.is_set():
+            reply = client.lease(0, 2, wait_s=0.5)
+            if reply.status == swarm_pb2.LEASE_GRANTED:  # sit on it, then ask again as it expires
+                stop.wait(max(0.0, reply.deadline_ms / 1000 - time.time() + 0.01))
+
+    threads = [threading.Thread(target=hoard, args=(h,), daemon=True) for h in hoarders]
+    for t in threads:
+        t.start()
+    try:
+        while _count(network, "SELECT COUNT(*) FROM leases WHERE state = 'open'") < 2:
+            time.sleep(0.1)
+        honest, _ = _join(network)
+        asked = time.monotonic()
+        while (reply := honest.lease(0, 2, wait_s=1.0)).status != swarm_pb2.LEASE_GRANTED:
+            assert reply.status == swarm_pb2.LEASE_WAIT, reply
+            assert time.monotonic() - asked < 3 * timeout, "the honest node was starved"
+        waited = time.monotonic() - asked
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    print(f"honest node served after {waited:.1f} s (lease_timeout_s = {timeout:g})")
+    # Leases are expired by the server's one-second check or by the next Lease call.
+    assert waited < timeout + 1.5, f"served after {waited:.1f} s"
+    assert honest.submit(_fake_groups(reply)).status == swarm_pb2.SUBMIT_ACCEPTED
