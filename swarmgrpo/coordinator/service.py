@@ -28,7 +28,7 @@ from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
 from swarmgrpo.coordinator.store import Lease, Store
-from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles
+from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles, pick_members
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
@@ -635,22 +635,19 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self, step: int, batch, asking: str, devices: dict[str, str], attempt: int = 0
     ) -> StepTeam:
         """The step's gradient workers: the live train-role nodes that hold version `step` now (the
-        asking one included), in node-id order, each with every N-th group of the batch (by prompt
-        index). They share the asking node's device type: GPU workers whenever any is live (the others
+        asking one included), chosen by `pick_members`, each with every N-th group of the batch (by
+        prompt index). They share the asking node's device type: GPU workers whenever any is live (the others
         stand by, see `_train_batch`). A CPU worker would hold a GPU team back, and the two may not
         agree to the last bit on the same update."""
         kind = devices[asking]
-        live = {  # ready workers: a train node still copying the state of this version waits
-            n["node_id"]
-            for n in self._live_nodes()
+        ready = {  # a train node still copying the state of this version waits
+            n["node_id"]: n["joined_at"]
+            for n in self._live_nodes(asking)
             if n["node_id"] in devices
             and devices[n["node_id"]] == kind
-            and n["peer_id"]
-            and n["policy_version"] == step
+            and (n["node_id"] == asking or (n["peer_id"] and n["policy_version"] == step))
         }
-        members = sorted(live | {asking})[: len(batch)]
-        if asking not in members:  # more workers than groups: the asking one takes another's place
-            members = sorted([*members[:-1], asking])
+        members = pick_members(ready, asking, self.cfg.max_trainers, len(batch))
         ordered = [r.id for r in sorted(batch, key=lambda r: r.prompt_index)]
         shards = {m: ordered[i :: len(members)] for i, m in enumerate(members)}
         self.teams = {s: t for s, t in self.teams.items() if s >= step}  # older steps are done

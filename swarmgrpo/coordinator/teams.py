@@ -11,6 +11,8 @@ training and publish weights of its choice.
   any role trains only when no live node does (need). A trainer keeps its role while it is live, so
   new keys cannot displace a healthy trainer; a restarted trainer (same key) gets its role back. A
   node without the role is refused at TrainBatch, so it can never enter a team.
+- **A step's team is formed by the coordinator** (`pick_members`) from the live trainers that hold
+  the step's version, at most `max_trainers` of them, the earliest to have joined the run first.
 - **A worker is dropped only on evidence** (`StepTeam.droppable`): a teammate's claim that it was
   missing from the all-reduce counts when the coordinator itself no longer hears from it (3
   heartbeats), or when more than half of the step's team names it. One peer's word against a worker
@@ -20,7 +22,7 @@ training and publish weights of its choice.
   live team (members that reported or are still live) reported it. A tie publishes nothing: the
   attempt is void and trained again.
 
-Standing, today (without reputation): being a live trainer already, in the order nodes joined. What
+Standing, today (without reputation): being a live trainer already, and seniority in the run. What
 stays open: trainers granted while slots were free are trusted with a vote, so colluding keys that
 join before the honest trainers and fill `max_trainers` can out-vote them; a granted trainer that
 never takes part in the all-reduce stalls a team of two (neither claim is believed). Reputation,
@@ -55,6 +57,19 @@ def grant_roles(offered: Sequence[int], live_trainers: int, max_trainers: int) -
             )
         return [swarm_pb2.ROLE_TRAIN]
     return [swarm_pb2.ROLE_TRAIN] if live_trainers == 0 and max_trainers > 0 else [swarm_pb2.ROLE_ROLLOUT]
+
+
+def pick_members(ready: dict[str, float], asking: str, max_trainers: int, groups: int) -> list[str]:
+    """A step's gradient workers among the `ready` trainers (node id -> when it first joined the run,
+    the asking one included): the `max_trainers` most senior, then at most one per group in node-id
+    order, the asking one kept if it is among the senior. Seniority bounds the team even when more
+    nodes hold the role (trainers silent through a coordinator outage were replaced, then came back):
+    newer keys stand by, they never displace the run's trainers."""
+    senior = sorted(ready, key=lambda n: (ready[n], n))[:max_trainers]
+    members = sorted(senior)[:groups]
+    if asking in senior and asking not in members:  # more workers than groups: it takes a place
+        members = sorted([*members[:-1], asking])
+    return members
 
 
 @dataclass(frozen=True)

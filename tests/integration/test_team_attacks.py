@@ -39,17 +39,22 @@ def _versions(net) -> list[tuple[int, str, str]]:
 @pytest.mark.parametrize("network", [{"max_trainers": 1}], indirect=True)
 def test_nodes_not_granted_train_neither_train_nor_drop_the_trainer_nor_publish(network):
     """A rollout node calls TrainBatch, names the trainer missing and reports weights of its choice;
-    three fresh keys ask for the train role while the run has its one trainer. None of them enters a
-    team: the honest trainer trains the step alone and publishes its own weights."""
+    three fresh keys ask for the train role while the run has its one trainer; a key granted the
+    slot while the trainer was silent tries to take its step. None of them enters a team: the honest
+    trainer trains the step alone and publishes its own weights."""
     network.start_coordinator()
     honest, joined = _join(network, roles=TRAIN, peer_id="peer-honest")
     assert list(joined.roles) == [swarm_pb2.ROLE_TRAIN]
     _fill_steps(network)
     for _ in range(3):
+        honest.heartbeat(0, "waiting", 0.0)  # live: its slot is taken
         with pytest.raises(CoordinatorError) as e:
             _join(network, roles=TRAIN, peer_id="peer-fake")
         assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_trainers=1" in str(e.value)
-    rollouts = [_join(network, roles=(), peer_id=f"peer-auto{i}") for i in range(3)]
+    rollouts = []
+    for i in range(3):
+        honest.heartbeat(0, "waiting", 0.0)
+        rollouts.append(_join(network, roles=(), peer_id=f"peer-auto{i}"))
     assert all(list(r.roles) == [swarm_pb2.ROLE_ROLLOUT] for _, r in rollouts), "the run has its trainer"
     attackers = [client for client, _ in rollouts] + [_join(network, peer_id="peer-rollout")[0]]
     for attacker in attackers:
@@ -58,9 +63,18 @@ def test_nodes_not_granted_train_neither_train_nor_drop_the_trainer_nor_publish(
                 attacker.train_batch(0, failed_attempt=0, missing_node_ids=claim)
             assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "train role" in str(e.value)
         assert attacker.report_step(0, BOGUS, {}).status == swarm_pb2.STEP_REJECTED
+    # The trainer falls silent for 3 heartbeats: a new key gets the free slot, but when the trainer
+    # is heard from again the step's team is the senior one, and the new key stands by.
+    time.sleep(3.5)
+    late, joined = _join(network, roles=TRAIN, peer_id="peer-late")
+    assert list(joined.roles) == [swarm_pb2.ROLE_TRAIN]
+    honest.heartbeat(0, "back", 0.0)
+    standby = late.train_batch(0)
+    assert standby.status == swarm_pb2.BATCH_WAIT and "trained by 1 other worker" in standby.message, standby
     batch = honest.train_batch(0)
     assert batch.status == swarm_pb2.BATCH_READY
     assert [w.node_id for w in batch.workers] == [honest.key.node_id] and len(batch.groups) == 2
+    assert late.report_step(0, BOGUS, {}).status == swarm_pb2.STEP_REJECTED
     assert honest.report_step(0, REAL, {}).status == swarm_pb2.STEP_PUBLISHED
     assert _versions(network) == [(1, REAL, honest.key.node_id)]
 
@@ -75,6 +89,8 @@ def test_a_granted_fake_trainer_can_neither_drop_its_honest_teammate_nor_publish
     fake, joined = _join(network, roles=TRAIN, peer_id="peer-fake")
     assert list(joined.roles) == [swarm_pb2.ROLE_TRAIN]
     for _ in range(2):
+        honest.heartbeat(0, "waiting", 0.0)
+        fake.heartbeat(0, "waiting", 0.0)
         with pytest.raises(CoordinatorError) as e:
             _join(network, roles=TRAIN, peer_id="peer-fake")
         assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -3,7 +3,7 @@ whose word, and when a step's reports publish a version."""
 
 import pytest
 
-from swarmgrpo.coordinator.teams import NoTrainSlot, StepTeam, grant_roles
+from swarmgrpo.coordinator.teams import NoTrainSlot, StepTeam, grant_roles, pick_members
 from swarmgrpo.protocol import swarm_pb2
 
 ROLLOUT, TRAIN = swarm_pb2.ROLE_ROLLOUT, swarm_pb2.ROLE_TRAIN
@@ -30,6 +30,14 @@ def test_a_node_offering_any_role_trains_only_when_no_live_node_does():
     assert grant_roles([], live_trainers=0, max_trainers=4) == [TRAIN]
     assert grant_roles([], live_trainers=1, max_trainers=4) == [ROLLOUT]
     assert grant_roles([ROLLOUT, TRAIN], live_trainers=2, max_trainers=4) == [ROLLOUT]
+
+
+def test_a_team_takes_the_most_senior_trainers_and_newer_keys_stand_by():
+    ready = {"h1": 1.0, "h2": 2.0, "f1": 9.0, "f2": 9.5}  # the fakes joined while h1, h2 were silent
+    assert pick_members(ready, "f1", max_trainers=2, groups=4) == ["h1", "h2"]
+    assert pick_members(ready, "h2", max_trainers=3, groups=4) == ["f1", "h1", "h2"]
+    assert pick_members(ready, "h2", max_trainers=3, groups=1) == ["h2"], "more workers than groups"
+    assert pick_members({"a": 1.0}, "a", max_trainers=1, groups=2) == ["a"]
 
 
 def test_one_peers_word_drops_no_worker_that_still_heartbeats():
