@@ -12,11 +12,12 @@ training and publish weights of its choice.
   new keys cannot displace a healthy trainer; a restarted trainer (same key) gets its role back. A
   node without the role is refused at TrainBatch, so it can never enter a team.
 - **A step's team is formed by the coordinator** (`pick_members`) from the live trainers that hold
-  the step's version, at most `max_trainers` of them, the earliest to have joined the run first.
+  the step's version, at most `max_trainers` of them, the earliest to have joined the run first;
+  hardware decides among them (one device type per team, GPUs first: CPU trainers stand by).
 - **A worker is dropped only on evidence** (`StepTeam.droppable`): a teammate's claim that it was
   missing from the all-reduce counts when the coordinator itself no longer hears from it (3
   heartbeats), or when more than half of the step's team names it. One peer's word against a worker
-  that still heartbeats drops nobody; the claimant is told to train the attempt again.
+  that still heartbeats drops nobody; the claimant gets the same team back and retries the attempt.
 - **A version is published on a quorum** (`StepTeam.verdict`): when every live member of the team
   the coordinator formed has reported, a weight hash is published only if more than half of the
   live team (members that reported or are still live) reported it. A tie publishes nothing: the
