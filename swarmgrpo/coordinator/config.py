@@ -72,6 +72,11 @@ class RunConfig:
     prompts_per_lease: int = 2
     """Prompts handed to a rollout node at once (it samples num_generations of each)."""
 
+    max_trainers: int = 4
+    """Most live nodes that hold the train role at once. A node asking only for train when the run has
+    them is refused at Join; a trainer keeps its role while it is live, so new keys can neither
+    displace nor out-vote the trainers the run has (each step's gradient workers are among them)."""
+
     lease_timeout_s: float = 300.0
     """A lease not submitted within this time is expired and its prompts go to another node."""
 
@@ -106,7 +111,7 @@ class RunConfig:
         self.rate_limits.validate()
         if self.max_staleness < 0:
             raise ConfigError("max_staleness", f"must be >= 0, got {self.max_staleness}", "use 0, 1 or 2")
-        for name in ("prompts_per_lease",):
+        for name in ("prompts_per_lease", "max_trainers"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, "must be at least 1", f"set {name} to 1 or more")
         for name in ("lease_timeout_s", "heartbeat_interval_s", "max_clock_skew_s", "score_cpu_budget_s"):

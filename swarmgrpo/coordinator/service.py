@@ -21,15 +21,17 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import grpc
 
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.gate import Gate
+from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
 from swarmgrpo.coordinator.scoring import OverBudget, Scorer
 from swarmgrpo.coordinator.store import Lease, Store
+from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles, pick_members
 from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
@@ -81,19 +83,6 @@ class StrangerRefused(Exception):
         super().__init__(message)
 
 
-@dataclass
-class StepTeam:
-    """The gradient workers of one step (in memory: after a coordinator restart the step's team is
-    formed again, and reports of the lost team are refused, so its workers re-sync)."""
-
-    members: list[str]
-    shards: dict[str, list[int]]  # node id -> rollout ids
-    attempt: int = 0
-    # node id -> ((weight hash, FP8 weight hash or ""), metrics)
-    reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
-    winner: tuple[str, str] = ("", "")
-
-
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def __init__(
         self,
@@ -112,6 +101,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
         self.train_devices: dict[str, str] = {}  # node id -> the device its TrainBatch calls named
+        self.line = LeaseLine(grace_s=max(2.0, cfg.heartbeat_interval_s))
         self._changed = asyncio.Event()  # set (and replaced) whenever work or the policy moves
         t = cfg.train
         self.prompts_per_step = t.generation_batch_size // t.num_generations
@@ -237,7 +227,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def Join(self, request, context):
         await self._checked("Join", request, context, validate.join)  # the token first
-        roles = self._grant_roles(request)
+        try:
+            roles = self._grant_roles(request)
+        except NoTrainSlot as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         caps = {f.name: getattr(request.capabilities, f.name) for f in request.capabilities.DESCRIPTOR.fields}
         caps["engines"] = list(caps["engines"])
         self.train_devices.pop(request.auth.node_id, None)  # a node joining again says it again
@@ -299,13 +292,12 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return keep
 
     def _grant_roles(self, request) -> list[int]:
-        """Explicit roles are honoured; a node that offers any role trains if no live node does."""
-        if len(request.roles) == 1:
-            return list(request.roles)
-        has_trainer = any(
-            "ROLE_TRAIN" in n["roles"] and n["node_id"] != request.auth.node_id for n in self._live_nodes()
+        """The coordinator's choice (see coordinator/teams.py): train only while the run has fewer
+        than max_trainers live trainers besides this node."""
+        trainers = sum(
+            TRAIN in n["roles"] and n["node_id"] != request.auth.node_id for n in self._live_nodes()
         )
-        return [swarm_pb2.ROLE_ROLLOUT] if has_trainer else [swarm_pb2.ROLE_TRAIN]
+        return grant_roles(request.roles, trainers, self.cfg.max_trainers)
 
     async def Heartbeat(self, request, context):
         await self._checked("Heartbeat", request, context, validate.heartbeat)
@@ -360,14 +352,19 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         return max(0, min(v + k, self.cfg.train.max_steps - 1) - first_unbatched + 1)
 
     def publish_if_complete(self) -> None:
-        """Publish a step once every worker that is still alive has reported (called every second by
-        the server: the last report may have come before a worker died)."""
+        """Publish a step once every worker that is still alive has reported, if a majority agrees
+        (called every second by the server: the last report may have come before a worker died)."""
         v = self.version
         team = self.teams.get(v)
         if team is None or not team.reports or team.winner[0]:
             return
-        if not self._any_alive([m for m in team.members if m not in team.reports]):
-            self._publish(v, team)
+        verdict = team.verdict(self._live_ids())
+        if verdict.waiting:
+            return
+        if verdict.winner is None:
+            self._void(v, team)
+        else:
+            self._publish(v, team, verdict.winner)
 
     def expire_leases(self, now: float | None = None) -> int:
         expired = self.store.open_leases(expired_by=time.time() if now is None else now)
@@ -395,9 +392,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             return await self._lease(request, context)
 
         # Held while no prompt is free, until a new policy is published.
-        return await self._hold_wait_reply(
-            request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
-        )
+        with self.line.asking(request.auth.node_id):
+            return await self._hold_wait_reply(
+                request.wait_s, answer, lambda r: r.status == swarm_pb2.LEASE_WAIT and self.version == first
+            )
 
     async def _lease(self, request, context):
         node_id = request.auth.node_id
@@ -427,12 +425,18 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             if lease is None:
                 self.store.drop_stale(v - k)
                 budget = self.prompts_per_step * self._open_steps()
-                outstanding = self.store.unused_rollouts(v - k) + self.store.leased_prompt_count()
-                n = min(request.max_prompts, self.cfg.prompts_per_lease, budget - outstanding)
+                free = budget - self.store.unused_rollouts(v - k) - self.store.leased_prompt_count()
+                n = min(request.max_prompts, self._lease_size(node_id, free, budget))
                 if n <= 0:
+                    self.line.refused(node_id)
                     reply.status, reply.retry_after_s = swarm_pb2.LEASE_WAIT, 0.5
-                    reply.message = f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                    reply.message = (
+                        "the free prompts are kept for nodes ahead in line; stay asking, you are served as they free up"
+                        if free > 0
+                        else f"the batches up to step {min(v + k, self.cfg.train.max_steps - 1)} are covered; waiting for a new policy"
+                    )
                     return reply
+                self.line.served(node_id)
                 indices = self.store.pool_prompts(n)
                 while len(indices) < n:
                     indices.append(self._issue_prompt())
@@ -464,6 +468,19 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         for i in lease.prompt_indices:
             reply.prompts.add(prompt_index=i, token_ids=self.store.prompt(i)[1])
         return reply
+
+    def _lease_size(self, node_id: str, free: int, budget: int) -> int:
+        """This node's share of the free prompts (see coordinator/leaseline.py); in a transaction."""
+        return lease_size(
+            node_id,
+            free,
+            budget,
+            self.cfg.prompts_per_lease,
+            holders={lease.node_id for lease in self.store.open_leases()},
+            line=self.line.waiting(),
+            expired=self.store.expired_lease_counts(),
+            now=time.time(),
+        )
 
     def _issue_prompt(self) -> int:
         index = int(self.store.get_meta("next_prompt_index", "0"))
@@ -572,6 +589,12 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     async def TrainBatch(self, request, context):
         await self._checked("TrainBatch", request, context, validate.train_batch)
+        if TRAIN not in self.store.node_roles(request.auth.node_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this node was not granted the train role (the coordinator grants it at Join while the run "
+                f"has fewer than max_trainers={self.cfg.max_trainers} live trainers); it may roll out",
+            )
         return await self._hold_wait_reply(
             request.wait_s,
             lambda: self._train_batch(request),
@@ -627,7 +650,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             # from a call retrying an all-reduce, whose worker still holds its old shard's gradient)
             team = self._form_team(v, batch, node_id, devices, attempt=team.attempt + 1 if team else 0)
         if request.missing_node_ids and request.failed_attempt == team.attempt:
-            self._drop_workers(v, team, set(request.missing_node_ids) - {node_id})
+            reply.message = self._weigh_claim(v, team, node_id, request.missing_node_ids)
         if node_id not in team.members:
             reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.5
             reply.message = f"step {v} is trained by {len(team.members)} other workers; join the next step"
@@ -662,6 +685,9 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             if n["node_id"] == asking or (n["left_at"] is None and n["last_seen"] >= alive)
         ]
 
+    def _live_ids(self) -> set[str]:
+        return {n["node_id"] for n in self._live_nodes()}
+
     def _any_alive(self, node_ids: list[str]) -> bool:
         return any(n["node_id"] in node_ids for n in self._live_nodes())  # node_ids empty: False
 
@@ -678,22 +704,19 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self, step: int, batch, asking: str, devices: dict[str, str], attempt: int = 0
     ) -> StepTeam:
         """The step's gradient workers: the live train-role nodes that hold version `step` now (the
-        asking one included), in node-id order, each with every N-th group of the batch (by prompt
-        index). They share the asking node's device type: GPU workers whenever any is live (the others
+        asking one included), chosen by `pick_members`, each with every N-th group of the batch (by
+        prompt index). They share the asking node's device type: GPU workers whenever any is live (the others
         stand by, see `_train_batch`). A CPU worker would hold a GPU team back, and the two may not
         agree to the last bit on the same update."""
         kind = devices[asking]
-        live = {  # ready workers: a train node still copying the state of this version waits
-            n["node_id"]
-            for n in self._live_nodes()
+        ready = {  # a train node still copying the state of this version waits
+            n["node_id"]: n["joined_at"]
+            for n in self._live_nodes(asking)
             if n["node_id"] in devices
             and devices[n["node_id"]] == kind
-            and n["peer_id"]
-            and n["policy_version"] == step
+            and (n["node_id"] == asking or (n["peer_id"] and n["policy_version"] == step))
         }
-        members = sorted(live | {asking})[: len(batch)]
-        if asking not in members:  # more workers than groups: the asking one takes another's place
-            members = sorted([*members[:-1], asking])
+        members = pick_members(ready, asking, self.cfg.max_trainers, len(batch))
         ordered = [r.id for r in sorted(batch, key=lambda r: r.prompt_index)]
         shards = {m: ordered[i :: len(members)] for i, m in enumerate(members)}
         self.teams = {s: t for s, t in self.teams.items() if s >= step}  # older steps are done
@@ -704,16 +727,25 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
         return team
 
-    def _drop_workers(self, step: int, team: StepTeam, missing: set[str]) -> None:
-        dropped = [m for m in team.members if m in missing]
-        if not dropped:
-            return
+    def _weigh_claim(self, step: int, team: StepTeam, node_id: str, missing) -> str:
+        """`node_id` says `missing` did not take part in its all-reduce: drop those the evidence
+        backs (see StepTeam.droppable); the rest stay, and the claimant trains the attempt again."""
+        team.claim(node_id, missing)
+        dropped = team.droppable(self._live_ids())
+        if dropped:
+            self._drop_workers(step, team, dropped)
+        kept = [m[:8] for m in missing if m in team.members and m != node_id]
+        if not kept:
+            return ""
+        log.info("step %d: %s named %s missing; they are still live, so they stay", step, node_id[:8], kept)
+        return (
+            f"workers {kept} stay in step {step}: the coordinator still hears from them, and a worker is "
+            "dropped only when it falls silent (3 heartbeats) or most of the team names it; train again"
+        )
+
+    def _drop_workers(self, step: int, team: StepTeam, dropped: list[str]) -> None:
         with self.store.tx():
-            for m in dropped:
-                self.store.unassign(team.shards.pop(m))
-        team.members = [m for m in team.members if m not in missing]
-        team.attempt += 1
-        team.reports.clear()
+            self.store.unassign(team.drop(dropped))
         self._notify()
         log.warning(
             "step %d: workers %s dropped (all-reduce failed); their shards go back to the pool; attempt %d",
@@ -742,15 +774,22 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             self._set_aside(v, node_id, sorted(set(request.set_aside_prompts)))
         # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
         team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
-        live = {n["node_id"] for n in self._live_nodes()}
-        waiting = [m for m in team.members if m not in team.reports and m in live]
-        if waiting:
+        verdict = team.verdict(self._live_ids())
+        if verdict.waiting:
             return swarm_pb2.StepReply(
                 status=swarm_pb2.STEP_PENDING,
                 policy_version=v,
-                message=f"waiting for {len(waiting)} other workers of step {v}",
+                message=f"waiting for {len(verdict.waiting)} other workers of step {v}",
             )
-        self._publish(v, team)
+        if verdict.winner is None:
+            self._void(v, team)
+            return swarm_pb2.StepReply(
+                status=swarm_pb2.STEP_REJECTED,
+                policy_version=v,
+                message=f"no weights have a majority of step {v}'s live workers; the attempt is void: "
+                f"re-sync to version {v} and train it again",
+            )
+        self._publish(v, team, verdict.winner)
         return self._step_reply(v, team, node_id)
 
     def _set_aside(self, v: int, trainer: str, prompts: list[int]) -> None:
@@ -767,15 +806,20 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 submitter,
             )
 
-    def _publish(self, v: int, team: StepTeam) -> None:
-        """Version v + 1 is the weights most workers reported (ties: the first in worker order);
-        a worker whose hash differs is flagged and told to re-sync."""
-        counts: dict[tuple[str, str], int] = {}
-        for m in team.members:
-            if m in team.reports:
-                counts[team.reports[m][0]] = counts.get(team.reports[m][0], 0) + 1
-        order = [team.reports[m][0] for m in team.members if m in team.reports]
-        winner = max(counts, key=lambda h: (counts[h], -order.index(h)))
+    def _void(self, v: int, team: StepTeam) -> None:
+        hashes = sorted({h[:12] for (h, _), _ in team.reports.values()})
+        team.restart()
+        self._notify()
+        log.warning(
+            "step %d: the workers reported different weights %s, none by a majority; attempt %d",
+            v,
+            hashes,
+            team.attempt,
+        )
+
+    def _publish(self, v: int, team: StepTeam, winner: tuple[str, str]) -> None:
+        """Version v + 1 is `winner`, the weights a majority of the live team reported (see
+        StepTeam.verdict); a worker whose hash differs is flagged and told to re-sync."""
         agreed = [m for m in team.members if m in team.reports and team.reports[m][0] == winner]
         metrics = stepmetrics.combine([team.reports[m][1] for m in agreed])
         metrics["workers"] = float(len(agreed))

@@ -147,6 +147,11 @@ class Store:
         row = self.db.execute("SELECT public_key FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
         return row[0] if row else None
 
+    def node_roles(self, node_id: str) -> list[str]:
+        """The roles the coordinator granted the node ([] for an unknown node)."""
+        row = self.db.execute("SELECT roles FROM nodes WHERE node_id = ?", (node_id,)).fetchone()
+        return json.loads(row[0]) if row else []
+
     def touch_node(self, node_id: str, **fields) -> None:
         """Update a node's row. Its policy_version only moves forward between joins: a heartbeat
         sent before a gradient worker learnt that its step was published must not take it back
@@ -253,6 +258,13 @@ class Store:
         if expired_by is not None:
             sql, args = sql + " AND deadline < ?", [*args, expired_by]
         return [self.lease(r[0]) for r in self.db.execute(sql, args).fetchall()]
+
+    def expired_lease_counts(self) -> dict[str, int]:
+        """Node id -> how many of its leases expired unsubmitted."""
+        rows = self.db.execute(
+            "SELECT node_id, COUNT(*) FROM leases WHERE state = 'expired' GROUP BY node_id"
+        )
+        return dict(rows.fetchall())
 
     def leased_prompt_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM prompts WHERE state = 'leased'").fetchone()[0]
