@@ -104,6 +104,7 @@ def largest_requests(limits: Limits, groups_per_submit: int) -> dict[str, object
             metrics={_text(limits, first=chr(0x10000 + i)): 1.0 for i in range(MAX_METRICS)},
             attempt=U32,
             weight_hash_fp8="f" * 64,
+            set_aside_prompts=[U64] * limits.max_set_aside,
         ),
         "Leave": swarm_pb2.LeaveRequest(auth=_auth(), reason=_text(limits)),
         "Status": swarm_pb2.StatusRequest(),

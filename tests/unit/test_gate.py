@@ -50,14 +50,18 @@ def _unset_fields(message, prefix=""):
 def test_the_largest_request_sets_every_field(method):
     """A field added to a request must get its bound here too, or honest requests could be refused."""
     request = sizes.largest_requests(LIMITS, groups_per_submit=2)[method]
-    assert list(_unset_fields(request)) == [], f"give these fields their bound in protocol/sizes.py ({method})"
+    assert list(_unset_fields(request)) == [], (
+        f"give these fields their bound in protocol/sizes.py ({method})"
+    )
 
 
 def test_submit_cap_grows_with_the_run_and_the_others_do_not():
     small = sizes.request_caps(LIMITS, groups_per_submit=2)
     big = sizes.request_caps(Limits(vocab_size=151936, group_size=16, max_completion_length=4096), 8)
     assert big["Submit"] > 8 * 16 * 4096 * 7 > small["Submit"]  # >= 7 bytes a token: id and log-prob
-    assert {m: c for m, c in big.items() if m != "Submit"} == {m: c for m, c in small.items() if m != "Submit"}
+    assert {m: c for m, c in big.items() if m != "Submit"} == {
+        m: c for m, c in small.items() if m != "Submit"
+    }
     assert max(small.values()) < 256 * 1024  # was 64 MiB for every method
     assert small["Status"] == 0 and small["Heartbeat"] < 4096
 
@@ -73,7 +77,12 @@ def test_submit_cap_grows_with_the_run_and_the_others_do_not():
         ("Join", lambda r: r.peer_addrs.append("/ip4/1.2.3.4/tcp/1"), "peer_addrs"),
         ("TrainBatch", lambda r: r.missing_node_ids.append("f" * 32), "missing_node_ids"),
         ("ReportStep", lambda r: r.metrics.__setitem__("one_more", 1.0), "metrics"),
-        ("Submit", lambda r: r.groups[0].completions[0].token_ids.append(1), "groups[0].completions[0].token_ids"),
+        ("ReportStep", lambda r: r.set_aside_prompts.append(1), "set_aside_prompts"),
+        (
+            "Submit",
+            lambda r: r.groups[0].completions[0].token_ids.append(1),
+            "groups[0].completions[0].token_ids",
+        ),
         ("Submit", lambda r: r.groups[0].completions.add(), "groups[0].completions"),
         ("Leave", lambda r: setattr(r, "reason", r.reason + "x"), "reason"),
     ],
