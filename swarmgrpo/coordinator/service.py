@@ -26,7 +26,7 @@ import grpc
 
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
-from swarmgrpo.coordinator.store import Lease, Store
+from swarmgrpo.coordinator.store import MANIFEST, Lease, Store
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
@@ -78,9 +78,9 @@ class StepTeam:
     members: list[str]
     shards: dict[str, list[int]]  # node id -> rollout ids
     attempt: int = 0
-    # node id -> ((weight hash, FP8 weight hash or ""), metrics)
-    reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
-    winner: tuple[str, str] = ("", "")
+    # node id -> ((weight hash, *store.MANIFEST: what the workers agree on), metrics)
+    reports: dict[str, tuple[tuple, dict]] = field(default_factory=dict)
+    winner: tuple = ("",)
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
@@ -174,11 +174,9 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             for n in sorted(self._live_nodes(), key=lambda n: -n["last_seen"])
             if n["policy_version"] == v and n["peer_id"]
         ]
-        weight_hash, weight_hash_fp8 = self.store.version_hashes(v)
         return swarm_pb2.PolicyState(
             policy_version=v,
-            weight_hash=weight_hash,
-            weight_hash_fp8=weight_hash_fp8,
+            **self.store.version_manifest(v),
             holders=holders,
             max_staleness=self.cfg.max_staleness,
             finished=self.finished,
@@ -669,8 +667,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                 policy_version=v,
                 message=f"attempt {request.attempt} of step {v} was replaced by attempt {team.attempt}; re-sync",
             )
-        # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
-        team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
+        # Workers' weights and training states are bitwise equal, so are their files: they agree on
+        # the hashes and sizes of all three.
+        agreed_on = (request.weight_hash, *(getattr(request, f) for f in MANIFEST))
+        team.reports[node_id] = (agreed_on, dict(request.metrics))
         live = {n["node_id"] for n in self._live_nodes()}
         waiting = [m for m in team.members if m not in team.reports and m in live]
         if waiting:
@@ -695,7 +695,9 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         metrics = stepmetrics.combine([team.reports[m][1] for m in agreed])
         metrics["workers"] = float(len(agreed))
         with self.store.tx():
-            self.store.add_version(v + 1, winner[0], agreed[0], metrics, weight_hash_fp8=winner[1])
+            self.store.add_version(
+                v + 1, winner[0], agreed[0], metrics, **dict(zip(MANIFEST, winner[1:], strict=True))
+            )
             for m in agreed:
                 self.store.add_counts(m, steps=1)
                 self.store.touch_node(m, policy_version=v + 1, activity="published")

@@ -96,7 +96,10 @@ class CoordinatorClient:
         metrics: dict[str, float],
         attempt: int = 0,
         weight_hash_fp8: str = "",
+        **manifest,
     ) -> swarm_pb2.StepReply:
+        """`manifest`: the rest of what the step's workers agree on (StepReport's weight_bytes,
+        weight_bytes_fp8, state_hash, state_bytes)."""
         return self.call(
             "ReportStep",
             swarm_pb2.StepReport(
@@ -105,6 +108,7 @@ class CoordinatorClient:
                 metrics=metrics,
                 attempt=attempt,
                 weight_hash_fp8=weight_hash_fp8,
+                **manifest,
             ),
         )
 
