@@ -407,7 +407,8 @@ class Node:
         else:
             self.pending_state = state
         log.info(
-            "took the training state of policy %d that its workers agreed on from a peer (float32 weights, AdamW, PowerSGD)",
+            "took the training state of policy %d that its workers agreed on from a peer (float32 "
+            "weights, AdamW, PowerSGD)",
             self.version,
         )
         return True

@@ -20,10 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def network(tmp_path):
-    net = Network(
-        tmp_path, train={"grad_compression": "powersgd", "max_steps": 10, "generation_batch_size": 12}
-    )
+def network(tmp_path, request):
+    net = Network(tmp_path, **getattr(request, "param", {}))
     yield net
     net.close()
 
@@ -38,6 +36,33 @@ def _await(what: str, done, net, procs, timeout: float = 180) -> None:
 def _published(net) -> int:
     with net.db() as db:
         return db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+
+
+class Heartbeats:
+    """`with Heartbeats(client, version):` the client heartbeats `version` every 0.2 s meanwhile."""
+
+    def __init__(self, client: CoordinatorClient, version: int):
+        self.client, self.version = client, version
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(0.2):
+            self.client.heartbeat(self.version, "holding", 0.0)
+
+    def start(self) -> "Heartbeats":
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Forger:
@@ -60,14 +85,7 @@ class Forger:
         )
         self.forged: dict[int, bytes] = {}
         self.server = TrainStateServer(self.host, self.forged.get)
-        self.version = 0
-        self.stop = threading.Event()
-        self.beats = threading.Thread(target=self._beat, daemon=True)
-        self.beats.start()
-
-    def _beat(self) -> None:
-        while not self.stop.wait(0.2):
-            self.client.heartbeat(self.version, "holding", 0.0)
+        self.beats = Heartbeats(self.client, 0).start()
 
     def forge_from_the_team(self, deadline: float) -> int:
         """Copy the current version's agreed state from a worker, forge its moments; the version."""
@@ -85,17 +103,21 @@ class Forger:
             per_param["exp_avg"] = torch.ones_like(per_param["exp_avg"])
             per_param["exp_avg_sq"] = torch.zeros_like(per_param["exp_avg_sq"])
         self.forged[state["version"]] = train_state.pack(state)
-        self.version = state["version"]
-        return self.version
+        self.beats.version = state["version"]
+        return state["version"]
 
     def close(self) -> None:
-        self.stop.set()
-        self.beats.join(5)
+        self.beats.close()
         self.server.close()
         self.host.close()
         self.client.close()
 
 
+@pytest.mark.parametrize(
+    "network",
+    [{"train": {"grad_compression": "powersgd", "max_steps": 10, "generation_batch_size": 12}}],
+    indirect=True,
+)
 def test_a_late_worker_refuses_true_weights_with_forged_moments_and_takes_the_agreed_state(network):
     """The forger is the only holder named while the honest worker is paused: the joiner refuses its
     state (it does not hash to the version's agreed state_hash) and, once the honest worker is back,
@@ -120,7 +142,7 @@ def test_a_late_worker_refuses_true_weights_with_forged_moments_and_takes_the_ag
         honest.send_signal(signal.SIGCONT)
         paused.remove(honest)
         _await("the late worker's state", lambda: took in network.log("late"), network, [late, honest])
-        forger.stop.set()  # it holds no later version
+        forger.beats.close()  # it holds no later version
     finally:
         for p in paused:
             p.send_signal(signal.SIGCONT)
@@ -142,3 +164,95 @@ def test_a_late_worker_refuses_true_weights_with_forged_moments_and_takes_the_ag
             "SELECT COUNT(*) FROM versions WHERE metrics LIKE '%\"workers\": 2.0%'"
         ).fetchone()[0]
     assert shared >= 1, "the late worker trained steps with the honest one, both agreeing"
+
+
+def _varied_groups(lease, tokenizer) -> swarm_pb2.SubmitRequest:
+    """Completions whose uppercase shares differ, so every group has advantages and AdamW steps."""
+    texts = ["HELLO THERE", "hello there", "HeLLo THERE", "hi"]
+    req = swarm_pb2.SubmitRequest(
+        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=0.1
+    )
+    for p in lease.prompts:
+        g = req.groups.add(prompt_index=p.prompt_index)
+        for text in texts[: lease.group_size]:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            g.completions.add(token_ids=ids, logprobs=[-1.0] * len(ids))
+    return req
+
+
+def _adam_steps(checkpoint) -> set[float]:
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    return {float(s["step"]) for s in optimizer["state"].values()}
+
+
+@pytest.mark.parametrize(
+    "network", [{"train": {"max_steps": 4, "save_steps": 1, "save_total_limit": 0}}], indirect=True
+)
+def test_a_worker_that_falls_back_to_the_weights_starts_its_optimizer_state_afresh(network):
+    """A trainer that took two AdamW steps is paused; another worker publishes the next version with no
+    agreed training state; resumed, the trainer takes that version's weights, and the step it trains
+    next starts AdamW's moments afresh (step count 1), not from the ones of the weights it left."""
+    from swarmgrpo.node.p2p_weights import P2PWeights
+    from swarmgrpo.node.weights import encode
+    from swarmgrpo.trainer.models import load_model
+
+    model, tokenizer = load_model("tiny", seed=1)
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train", weights="p2p")
+    rollout = _client(network, swarm_pb2.ROLE_ROLLOUT)
+    for v in (0, 1):
+        assert (
+            rollout.submit(_varied_groups(rollout.lease(v, 2), tokenizer)).status == swarm_pb2.SUBMIT_ACCEPTED
+        )
+        _await(f"version {v + 1}", lambda v=v: _published(network) == v + 1, network, [trainer])
+    ckpts = network.root / "trainer" / "checkpoints" / "test-run"
+    _await("checkpoint 2", lambda: (ckpts / "checkpoint-2" / "optimizer.pt").exists(), network, [trainer])
+    assert _adam_steps(ckpts / "checkpoint-2") == {2.0}
+    trainer.send_signal(signal.SIGSTOP)
+    other_weights = P2PWeights()
+    other = _client(network, swarm_pb2.ROLE_TRAIN, other_weights)
+    try:
+        _await("the trainer counted gone", lambda: not other.policy().holders, network, [])
+        assert (
+            rollout.submit(_varied_groups(rollout.lease(2, 2), tokenizer)).status == swarm_pb2.SUBMIT_ACCEPTED
+        )
+        deadline = time.monotonic() + 30
+        while (batch := other.train_batch(2, device="cpu")).status != swarm_pb2.BATCH_READY:
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.5)
+        data, sha = encode(model)
+        other_weights.publish(3, data, sha)
+        reply = other.report_step(2, sha, {}, attempt=batch.attempt, weight_bytes=len(data))
+        assert reply.status == swarm_pb2.STEP_PUBLISHED, reply
+        with Heartbeats(other, 3):  # named as the holder of version 3 until the trainer has it
+            trainer.send_signal(signal.SIGCONT)
+            _await(
+                "the trainer's re-sync",
+                lambda: "synced to policy 3" in network.log("trainer"),
+                network,
+                [trainer],
+            )
+    finally:
+        trainer.send_signal(signal.SIGCONT)
+        other.leave("done")
+        other_weights.close()
+    assert rollout.submit(_varied_groups(rollout.lease(3, 2), tokenizer)).status == swarm_pb2.SUBMIT_ACCEPTED
+    assert network.wait(trainer, 120, "trainer") == 0, network.logs()
+    log = network.log("trainer")
+    assert "taking the bfloat16 weights with a fresh optimizer state" in log, log[-3000:]
+    assert _adam_steps(ckpts / "checkpoint-4") == {1.0}, "AdamW went on from the moments it had before"
+
+
+def _client(net: Network, role: int, weights=None) -> CoordinatorClient:
+    client = CoordinatorClient(net.address, NodeKey.generate(), patience_s=20)
+    client.join(
+        swarm_pb2.JoinRequest(
+            protocol_version=PROTOCOL_VERSION,
+            join_token=TOKEN,
+            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+            roles=[role],
+            peer_id=weights.peer_id if weights else "",
+            peer_addrs=weights.addrs if weights else [],
+        )
+    )
+    return client
