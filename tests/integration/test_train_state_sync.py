@@ -115,7 +115,7 @@ class Forger:
 
 @pytest.mark.parametrize(
     "network",
-    [{"train": {"grad_compression": "powersgd", "max_steps": 10, "generation_batch_size": 12}}],
+    [{"train": {"grad_compression": "powersgd", "max_steps": 6}}],
     indirect=True,
 )
 def test_a_late_worker_refuses_true_weights_with_forged_moments_and_takes_the_agreed_state(network):
