@@ -30,7 +30,7 @@ from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.gate import Gate
 from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
 from swarmgrpo.coordinator.scoring import OverBudget, Scorer
-from swarmgrpo.coordinator.store import Lease, Store
+from swarmgrpo.coordinator.store import MANIFEST, Lease, Store
 from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles, pick_members
 from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.configtree import render_toml
@@ -213,11 +213,9 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             for n in sorted(self._live_nodes(), key=lambda n: -n["last_seen"])
             if n["policy_version"] == v and n["peer_id"]
         ]
-        weight_hash, weight_hash_fp8 = self.store.version_hashes(v)
         return swarm_pb2.PolicyState(
             policy_version=v,
-            weight_hash=weight_hash,
-            weight_hash_fp8=weight_hash_fp8,
+            **self.store.version_manifest(v),
             holders=holders,
             max_staleness=self.cfg.max_staleness,
             finished=self.finished,
@@ -772,8 +770,10 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
         if request.set_aside_prompts:
             self._set_aside(v, node_id, sorted(set(request.set_aside_prompts)))
-        # Workers' weights are bitwise equal, so are both their files: they agree on the pair.
-        team.reports[node_id] = ((request.weight_hash, request.weight_hash_fp8), dict(request.metrics))
+        # Workers' weights and training states are bitwise equal, so are their files: they agree on
+        # the hashes and sizes of all three.
+        agreed_on = (request.weight_hash, *(getattr(request, f) for f in MANIFEST))
+        team.reports[node_id] = (agreed_on, dict(request.metrics))
         verdict = team.verdict(self._live_ids())
         if verdict.waiting:
             return swarm_pb2.StepReply(
@@ -817,14 +817,16 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             team.attempt,
         )
 
-    def _publish(self, v: int, team: StepTeam, winner: tuple[str, str]) -> None:
+    def _publish(self, v: int, team: StepTeam, winner: tuple) -> None:
         """Version v + 1 is `winner`, the weights a majority of the live team reported (see
         StepTeam.verdict); a worker whose hash differs is flagged and told to re-sync."""
         agreed = [m for m in team.members if m in team.reports and team.reports[m][0] == winner]
         metrics = stepmetrics.combine([team.reports[m][1] for m in agreed])
         metrics["workers"] = float(len(agreed))
         with self.store.tx():
-            self.store.add_version(v + 1, winner[0], agreed[0], metrics, weight_hash_fp8=winner[1])
+            self.store.add_version(
+                v + 1, winner[0], agreed[0], metrics, **dict(zip(MANIFEST, winner[1:], strict=True))
+            )
             for m in agreed:
                 self.store.add_counts(m, steps=1)
                 self.store.touch_node(m, policy_version=v + 1, activity="published")

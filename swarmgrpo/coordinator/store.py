@@ -48,11 +48,24 @@ CREATE TABLE IF NOT EXISTS rollouts (
 CREATE INDEX IF NOT EXISTS rollouts_unused ON rollouts (step, dropped, id);
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY, weight_hash TEXT NOT NULL, node_id TEXT NOT NULL,
-    published_at REAL NOT NULL, metrics TEXT NOT NULL, weight_hash_fp8 TEXT NOT NULL DEFAULT ''
+    published_at REAL NOT NULL, metrics TEXT NOT NULL, weight_hash_fp8 TEXT NOT NULL DEFAULT '',
+    weight_bytes INTEGER NOT NULL DEFAULT 0, weight_bytes_fp8 INTEGER NOT NULL DEFAULT 0,
+    state_hash TEXT NOT NULL DEFAULT '', state_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS nonces (node_id TEXT NOT NULL, nonce TEXT NOT NULL, seen_at REAL NOT NULL,
     PRIMARY KEY (node_id, nonce));
 """
+
+# Columns added to `versions` after its first release: (name, type with default), for old databases.
+VERSION_COLUMNS = {
+    "weight_hash_fp8": "TEXT NOT NULL DEFAULT ''",
+    "weight_bytes": "INTEGER NOT NULL DEFAULT 0",
+    "weight_bytes_fp8": "INTEGER NOT NULL DEFAULT 0",
+    "state_hash": "TEXT NOT NULL DEFAULT ''",
+    "state_bytes": "INTEGER NOT NULL DEFAULT 0",
+}
+# What the workers of a step agree on besides the weight hash (PolicyState fields of the same names).
+MANIFEST = ("weight_hash_fp8", "weight_bytes", "weight_bytes_fp8", "state_hash", "state_bytes")
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,9 @@ class Store:
     def _add_missing_columns(self) -> None:
         """A database written before a column existed gets it, with its default (runs resume)."""
         have = {row[1] for row in self.db.execute("PRAGMA table_info(versions)")}
-        if "weight_hash_fp8" not in have:
-            self.db.execute("ALTER TABLE versions ADD COLUMN weight_hash_fp8 TEXT NOT NULL DEFAULT ''")
+        for column, kind in VERSION_COLUMNS.items():
+            if column not in have:
+                self.db.execute(f"ALTER TABLE versions ADD COLUMN {column} {kind}")
         if "set_aside" not in {row[1] for row in self.db.execute("PRAGMA table_info(rollouts)")}:
             self.db.execute("ALTER TABLE rollouts ADD COLUMN set_aside INTEGER NOT NULL DEFAULT 0")
 
@@ -348,15 +362,25 @@ class Store:
             by_node.setdefault(node_id, []).append(index)
         return by_node
 
-    def add_version(
-        self, version: int, weight_hash: str, node_id: str, metrics: dict, weight_hash_fp8: str = ""
-    ) -> None:
+    def add_version(self, version: int, weight_hash: str, node_id: str, metrics: dict, **manifest) -> None:
+        """`manifest`: any of MANIFEST (the rest keep their defaults)."""
+        unknown = set(manifest) - set(MANIFEST)
+        if unknown:
+            raise ValueError(f"not a version manifest field: {sorted(unknown)}")
+        columns = ["version", "weight_hash", "node_id", "published_at", "metrics", *manifest]
+        values = [version, weight_hash, node_id, time.time(), json.dumps(metrics), *manifest.values()]
         self.db.execute(
-            "INSERT INTO versions (version, weight_hash, node_id, published_at, metrics, weight_hash_fp8)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (version, weight_hash, node_id, time.time(), json.dumps(metrics), weight_hash_fp8),
+            f"INSERT INTO versions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", values
         )
         self.set_meta("policy_version", version)
+
+    def version_manifest(self, version: int) -> dict:
+        """A version's MANIFEST fields (its weight_hash too); {} if the version is unknown."""
+        names = ("weight_hash", *MANIFEST)
+        row = self.db.execute(
+            f"SELECT {', '.join(names)} FROM versions WHERE version = ?", (version,)
+        ).fetchone()
+        return dict(zip(names, row, strict=True)) if row else {}
 
     def version_hashes(self, version: int) -> tuple[str, str]:
         """(transfer-encoding sha256, block-FP8 sha256 or "") of a version; ("", "") if unknown."""

@@ -91,9 +91,9 @@ class StepTeam:
     members: list[str]
     shards: dict[str, list[int]]  # node id -> rollout ids
     attempt: int = 0
-    # node id -> ((weight hash, FP8 weight hash or ""), metrics)
-    reports: dict[str, tuple[tuple[str, str], dict]] = field(default_factory=dict)
-    winner: tuple[str, str] = ("", "")
+    # node id -> ((weight hash, *store.MANIFEST: what the workers agree on), metrics)
+    reports: dict[str, tuple[tuple, dict]] = field(default_factory=dict)
+    winner: tuple = ("",)
     # node id -> the members of this attempt who said it was missing from their all-reduce
     claims: dict[str, set[str]] = field(default_factory=dict)
 

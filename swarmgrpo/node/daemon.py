@@ -38,6 +38,7 @@ from swarmgrpo.node.weights import (
     FileWeights,
     WeightError,
     WeightTransport,
+    copy_weights,
     dequantized,
     encode,
     load_into,
@@ -257,8 +258,9 @@ class Node:
         t0 = time.perf_counter()
         fp8 = self.role != "train" and self._wants_fp8() and bool(policy.weight_hash_fp8)
         sha = policy.weight_hash_fp8 if fp8 else policy.weight_hash
+        size = policy.weight_bytes_fp8 if fp8 else policy.weight_bytes
         try:
-            data = self.transport.fetch(policy.policy_version, sha, policy.holders, FP8 if fp8 else "")
+            data = self.transport.fetch(policy.policy_version, sha, policy.holders, FP8 if fp8 else "", size)
         except WeightError as e:
             log.warning("%s; retrying", e)
             self._wait(1.0)
@@ -343,6 +345,16 @@ class Node:
             status=swarm_pb2.STEP_REJECTED, message="the step was not published in time"
         )
 
+    def _training_state(self, version: int) -> dict:
+        """This worker's state as `train_state.pack` takes it (call with train_lock held)."""
+        psgd = self.averager.powersgd if self.averager is not None else None
+        return {
+            "version": version,
+            "model": self.model.state_dict(),
+            "optimizer": self.step.optimizer.state_dict(),
+            "powersgd": psgd.state() if psgd is not None else None,
+        }
+
     def _snapshot(self, version: int) -> bytes | None:
         """This worker's exact training state, if it is between steps at `version` (else None)."""
         self.snapshot_wanted.set()  # the train loop waits before its next step
@@ -352,50 +364,42 @@ class Node:
         finally:
             self.snapshot_wanted.clear()
         try:
-            if self.step is None or self.version < version:
-                return None
-            psgd = self.averager.powersgd if self.averager is not None else None
-            return train_state.pack(
-                {
-                    "version": self.version,
-                    "model": self.model.state_dict(),
-                    "optimizer": self.step.optimizer.state_dict(),
-                    "powersgd": psgd.state() if psgd is not None else None,
-                }
-            )
+            if self.step is None or self.version != version:
+                return None  # the state of another version would not hash to the one agreed for this
+            return train_state.pack(self._training_state(self.version))
         finally:
             self.train_lock.release()
 
     def _sync_trainer(self, policy: swarm_pb2.PolicyState) -> bool:
-        """Take the exact training state of the run's version from another worker; failing that,
-        the bf16 weights with a fresh optimizer state (logged: this replica will then differ)."""
+        """Take the training state the run's version was published with (its `state_hash`) from
+        another worker; failing that, the weights with a fresh optimizer state (logged: this replica
+        will then differ)."""
         deadline = time.monotonic() + 60.0
         while True:  # workers serve their state only between steps: ask again for a while
             if policy.finished:
                 return True
             try:
-                state = train_state.fetch(self.host, policy.holders, policy.policy_version, timeout=60.0)
-                policy = self.client.policy()  # the state is of the peer's newest version
-                if state["version"] == policy.policy_version:
-                    break
-                raise WeightError(
-                    f"the peer's state is of version {state['version']}, the run is at {policy.policy_version}"
+                state = train_state.fetch(
+                    self.host, policy.holders, policy.policy_version, policy.state_hash, policy.state_bytes
                 )
+                break
             except WeightError as e:
-                if time.monotonic() > deadline or self.stop.is_set():
+                if not policy.state_hash or time.monotonic() > deadline or self.stop.is_set():
                     log.warning(
                         "%s; taking the %s weights with a fresh optimizer state", e, self.opts.weights_dtype
                     )
-                    return self.sync(policy, force=True)
+                    return self._fresh_start(policy)
             self._wait(0.5)
             policy = self.client.policy()
-        self.model.load_state_dict(state["model"])
+        copy_weights(self.model, state["model"])
         data, sha = encode(self.model, self.opts.weights_dtype)
         if sha != policy.weight_hash:
             log.warning(
-                "the training state served for policy %d does not encode to its hash", policy.policy_version
+                "the agreed training state of policy %d does not encode to its weight hash: taking the "
+                "weights with a fresh optimizer state",
+                policy.policy_version,
             )
-            return self.sync(policy, force=True)
+            return self._fresh_start(policy)
         self.transport.publish(policy.policy_version, data, sha)
         self.version = policy.policy_version
         if self.step is not None:
@@ -410,9 +414,20 @@ class Node:
         else:
             self.pending_state = state
         log.info(
-            "took the training state of policy %d from a peer (float32 weights, AdamW, PowerSGD)",
+            "took the training state of policy %d that its workers agreed on from a peer (float32 "
+            "weights, AdamW, PowerSGD)",
             self.version,
         )
+        return True
+
+    def _fresh_start(self, policy: swarm_pb2.PolicyState) -> bool:
+        """The run's weights with a fresh optimizer state: AdamW's moments and step counts belong to
+        weights this replica no longer holds, and no agreed state replaces them."""
+        if not self.sync(policy, force=True):
+            return False
+        self.pending_state = None
+        if self.step is not None:
+            self.step.optimizer.state.clear()  # AdamW starts its moments again at the next step
         return True
 
     def _own_checkpoint(self, policy: swarm_pb2.PolicyState) -> Path | None:
@@ -567,6 +582,7 @@ class Node:
         data, sha = encode(self.model, self.opts.weights_dtype)
         fp8 = to_fp8(data) if self.cfg.weights_fp8 else None  # for nodes that roll out in FP8
         self.transport.publish(self.version + 1, data, sha, fp8=fp8)
+        state_hash, state_bytes = train_state.state_digest(self._training_state(self.version + 1))
         metrics = {k: float(v) for k, v in metrics.items()}
         result = self.client.report_step(
             self.version,
@@ -575,6 +591,10 @@ class Node:
             attempt=self.attempt,
             weight_hash_fp8=fp8[1] if fp8 else "",
             set_aside_prompts=set_aside,
+            weight_bytes=len(data),
+            weight_bytes_fp8=len(fp8[0]) if fp8 else 0,
+            state_hash=state_hash,
+            state_bytes=state_bytes,
         )
         if result.status == swarm_pb2.STEP_PENDING:
             result = self._await_publication(sha)

@@ -32,6 +32,8 @@ from hivemind.p2p import P2P, P2PDaemonError, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
+from swarmgrpo.node.holders import HolderRanking
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +73,7 @@ class PeerHost:
         self._thread.start()
         self.p2p: P2P | None = None
         self.dht: DHTNode | None = None
+        self.ranking = HolderRanking()  # what the peers have served this node, for its fetches
         try:
             self.p2p = self.call(self._start(list(initial_peers), list(listen)))
         except BaseException:

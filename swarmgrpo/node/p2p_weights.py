@@ -6,10 +6,13 @@ their sha256 in memory, for the last `keep` versions, serves them on the stream 
 carrying the file's size and sha256) and, once its host has joined the DHT, announces itself as a
 holder under `swarmgrpo/<run>/weights/<v>` for `holder_ttl` seconds.
 
-A fetching node asks the holders the coordinator named, then those the DHT knows, one at a time: it
-dials the holder's addresses, reassembles the chunks, checks that offsets are contiguous and that
-size and sha256 match both the holder's claim and the published hash, and moves on to the next
-holder on any failure; a holder silent for `timeout` seconds counts as failed.
+A fetching node asks the holders the coordinator named, then those the DHT knows, one at a time, in
+the order its `HolderRanking` gives (see `holders`): it dials the holder's addresses, reassembles the
+chunks, checks that offsets are contiguous and that size and sha256 match both the holder's claim and
+the published hash, and moves on to the next holder on any failure. A holder fails when it is silent
+for `timeout` seconds, announces a file larger than the version's manifest says (`size`; `max_bytes`
+for a version published without one), or has not sent the whole file by `transfer_deadline` (the
+file at `min_bytes_per_s`, plus `timeout`).
 
 Block FP8 (`WeightRequest.format = "fp8"`, `weights.to_fp8`): a holder of the transfer file makes the
 FP8 file from it on the first request (once per version; the trainer hands over the one it made
@@ -29,12 +32,18 @@ from collections.abc import Sequence
 
 from hivemind.p2p import P2PContext, PeerID
 
+from swarmgrpo.node.holders import transfer_deadline
 from swarmgrpo.node.p2p_host import PeerHost, weights_key
 from swarmgrpo.node.weights import WeightError, WeightTransport, check_format, is_fp8, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
 PROTOCOL = "swarmgrpo.weights"
+
+
+class NotHeld(WeightError):
+    """The holder answered that it does not hold what was asked: it cost a round trip, not a
+    transfer, so it does not count against the holder."""
 
 
 class P2PWeights(WeightTransport):
@@ -49,8 +58,12 @@ class P2PWeights(WeightTransport):
         chunk_bytes: int = 1 << 20,
         timeout: float = 30.0,
         holder_ttl: float = 600.0,
+        min_bytes_per_s: float = 1 << 20,
+        max_bytes: int = 16 << 30,
     ):
         self.keep, self.chunk_bytes, self.timeout = keep, chunk_bytes, timeout
+        # 1 MiB/s: a volunteer's 10 Mbit/s uplink still serves; 16 GiB: an 8B model in bf16.
+        self.min_bytes_per_s, self.max_bytes = min_bytes_per_s, max_bytes
         self.run_id, self.holder_ttl = run_id, holder_ttl
         self._held: dict[int, tuple[bytes, str]] = {}  # version -> the file this node holds, its sha256
         self._fp8: dict[int, tuple[bytes, str]] = {}  # version -> its FP8 file made from the held one
@@ -156,7 +169,7 @@ class P2PWeights(WeightTransport):
 
     # ------------------------------------------------------------------ fetching
 
-    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "", size: int = 0) -> bytes:
         if self.host.p2p is None:
             raise WeightError("this P2PWeights is closed")
         with self._lock:
@@ -172,31 +185,36 @@ class P2PWeights(WeightTransport):
         # Any holder of the version can make its FP8 file; the DHT names holders by the held file's hash.
         in_dht = self.dht_holders(version, "" if fmt else sha256)
         candidates = named + [h for h in in_dht if h.peer_id not in seen]
-        for holder in candidates:
+        limit = size or self.max_bytes
+        deadline = transfer_deadline(limit, self.timeout, self.min_bytes_per_s)
+        for holder in self.host.ranking.order(candidates):
             try:
-                return self.host.call(self._fetch_from(holder, version, sha256, fmt))
+                data = self.host.call(
+                    asyncio.wait_for(self._fetch_from(holder, version, sha256, fmt, limit), deadline)
+                )
             except Exception as e:
-                reason = f"timed out after {self.timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+                if not isinstance(e, NotHeld):
+                    self.host.ranking.failed(holder.peer_id)
+                reason = (
+                    f"did not send the file within {deadline:.0f} s"
+                    if isinstance(e, TimeoutError)
+                    else str(e)
+                )
                 problems.append(f"{holder.node_id or '?'} ({holder.peer_id or 'no peer id'}): {reason}")
                 log.warning("weights v%d: holder %s", version, problems[-1])
+                continue
+            if sha256:  # bytes checked against the published hash: it served this node well
+                self.host.ranking.served(holder.peer_id)
+            return data
         if not problems:
             raise WeightError(f"no peer holds policy version {version}: wait for a holder and retry")
         raise WeightError(
             f"policy version {version} could not be fetched from any holder: " + "; ".join(problems)
         )
 
-    async def _fetch_from(self, holder, version: int, expected: str, fmt: str = "") -> bytes:
-        peer = PeerID.from_base58(holder.peer_id)
-        await self.host.connect(peer, holder.peer_addrs, self.timeout)
+    async def _fetch_from(self, holder, version: int, expected: str, fmt: str, max_bytes: int) -> bytes:
         request = swarm_pb2.WeightRequest(policy_version=version, format=fmt)
-        stream = await asyncio.wait_for(
-            self.host.p2p.iterate_protobuf_handler(peer, PROTOCOL, request, swarm_pb2.WeightChunk),
-            self.timeout,
-        )
-        try:
-            return await receive(stream, expected, self.timeout)
-        finally:
-            await stream.aclose()
+        return await fetch_file(self.host, holder, PROTOCOL, request, expected, max_bytes, self.timeout)
 
     def close(self) -> None:
         host = getattr(self, "host", None)
@@ -223,21 +241,47 @@ def chunks(version: int, data: bytes, sha256: str, chunk_bytes: int):
         )
 
 
-async def receive(stream, expected: str, timeout: float) -> bytes:
-    """Reassemble a stream of WeightChunks, checking order, size and sha256 (and `expected`, if set)."""
+async def fetch_file(
+    host: PeerHost, holder, protocol: str, request, expected: str, max_bytes: int, timeout: float
+) -> bytes:
+    """One file from `holder` over stream `protocol` (WeightChunks in answer to `request`), checked by
+    `receive`; each step (dial, first answer, each chunk) must come within `timeout` seconds."""
+    peer = PeerID.from_base58(holder.peer_id)
+    try:
+        await host.connect(peer, holder.peer_addrs, timeout)
+        stream = await asyncio.wait_for(
+            host.p2p.iterate_protobuf_handler(peer, protocol, request, swarm_pb2.WeightChunk), timeout
+        )
+    except TimeoutError:
+        raise WeightError(f"no answer within {timeout:g} s") from None
+    try:
+        return await receive(stream, expected, timeout, max_bytes)
+    finally:
+        await stream.aclose()
+
+
+async def receive(stream, expected: str, timeout: float, max_bytes: int = 0) -> bytes:
+    """Reassemble a stream of WeightChunks, checking order, size and sha256 (and `expected`, if set);
+    a file announced larger than `max_bytes` (if set) is refused at its first chunk."""
     parts, size, total, claimed, hasher = [], 0, None, "", hashlib.sha256()
     while True:
         try:
             chunk = await asyncio.wait_for(anext(stream), timeout)
         except StopAsyncIteration:
             break
+        except TimeoutError:
+            raise WeightError(f"holder silent for {timeout:g} s after {size} bytes") from None
         if chunk.error:
-            raise WeightError(chunk.error)
+            raise NotHeld(chunk.error)
         if total is None:
             total, claimed = chunk.total_bytes, chunk.sha256
             if expected and claimed != expected:  # refuse before spending bandwidth on it
                 raise WeightError(
                     f"holder's file has sha256 {claimed[:12]}…, not the published {expected[:12]}…"
+                )
+            if max_bytes and total > max_bytes:
+                raise WeightError(
+                    f"holder announces a file of {total} bytes; the version's is at most {max_bytes}"
                 )
         if chunk.offset != size or (chunk.total_bytes, chunk.sha256) != (total, claimed):
             raise WeightError(f"chunk at offset {chunk.offset} after {size} bytes: stream corrupt")

@@ -56,13 +56,43 @@ def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             tensors.append((name, t, target))
-    return _write(tensors)
+    return safetensors_bytes(tensors)
 
 
-def _write(tensors: list[tuple[str, torch.Tensor, torch.dtype]]) -> tuple[bytes, str]:
+def safetensors_bytes(
+    tensors: list[tuple[str, torch.Tensor, torch.dtype]], metadata: dict[str, str] | None = None
+) -> tuple[bytes, str]:
     """A safetensors file of (name, tensor, dtype) in name order, each tensor cast into its place."""
+    tensors, prefix, header = _layout(tensors, metadata)
+    buf = bytearray(len(prefix) + _body_size(header))
+    buf[: len(prefix)] = prefix
+    body = torch.frombuffer(buf, dtype=torch.uint8)[len(prefix) :]
+    with torch.no_grad():
+        for name, t, dtype in tensors:
+            start, end = header[name]["data_offsets"]
+            body[start:end].view(dtype).copy_(t.detach().reshape(-1))
+    data = bytes(buf)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def safetensors_digest(
+    tensors: list[tuple[str, torch.Tensor, torch.dtype]], metadata: dict[str, str] | None = None
+) -> tuple[str, int]:
+    """(sha256, size) of the file `safetensors_bytes` would make, without making it: one tensor at a
+    time is hashed where it lies (a copy only for one in another dtype or on a GPU)."""
+    tensors, prefix, header = _layout(tensors, metadata)
+    hasher = hashlib.sha256(prefix)
+    with torch.no_grad():
+        for _, t, dtype in tensors:
+            flat = t.detach().reshape(-1).to("cpu", dtype).contiguous()
+            hasher.update(flat.view(torch.uint8).numpy())
+    return hasher.hexdigest(), len(prefix) + _body_size(header)
+
+
+def _layout(tensors, metadata: dict[str, str] | None):
+    """The tensors in name order, the file's bytes before the first tensor, and its header."""
     tensors = sorted(tensors, key=lambda e: e[0])
-    header: dict = {"__metadata__": {"format": "pt"}}
+    header: dict = {"__metadata__": {"format": "pt", **(metadata or {})}}
     size = 0
     for name, t, dtype in tensors:
         nbytes = t.numel() * torch.empty((), dtype=dtype).element_size()
@@ -74,16 +104,11 @@ def _write(tensors: list[tuple[str, torch.Tensor, torch.dtype]]) -> tuple[bytes,
         size += nbytes
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    buf = bytearray(8 + len(head) + size)
-    buf[:8] = len(head).to_bytes(8, "little")
-    buf[8 : 8 + len(head)] = head
-    body = torch.frombuffer(buf, dtype=torch.uint8)[8 + len(head) :]
-    with torch.no_grad():
-        for name, t, dtype in tensors:
-            start, end = header[name]["data_offsets"]
-            body[start:end].view(dtype).copy_(t.detach().reshape(-1))
-    data = bytes(buf)
-    return data, hashlib.sha256(data).hexdigest()
+    return tensors, len(head).to_bytes(8, "little") + head, header
+
+
+def _body_size(header: dict) -> int:
+    return max((h["data_offsets"][1] for k, h in header.items() if k != "__metadata__"), default=0)
 
 
 def to_fp8(data: bytes) -> tuple[bytes, str]:
@@ -101,7 +126,7 @@ def to_fp8(data: bytes) -> tuple[bytes, str]:
             out += [(name, q, q.dtype), (name + SCALE_SUFFIX, scale, scale.dtype)]
         else:
             out.append((name, t, t.dtype))
-    return _write(out)
+    return safetensors_bytes(out)
 
 
 def check_format(fmt: str) -> None:
@@ -148,15 +173,24 @@ class _Dequantized(Mapping):
 
 
 def _header(data: bytes) -> dict:
+    header = _full_header(data)
+    header.pop("__metadata__", None)
+    return header
+
+
+def metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` strings of safetensors `data`."""
+    return _full_header(data).get("__metadata__", {})
+
+
+def _full_header(data: bytes) -> dict:
     if len(data) < 8:
         raise WeightError(f"weights of {len(data)} bytes are not a safetensors file")
     n = int.from_bytes(data[:8], "little")
     try:
-        header = json.loads(data[8 : 8 + n])
+        return json.loads(data[8 : 8 + n])
     except ValueError as e:
         raise WeightError(f"weights have an unreadable safetensors header: {e}") from None
-    header.pop("__metadata__", None)
-    return header
 
 
 def views(data: bytes) -> dict[str, torch.Tensor]:
@@ -207,9 +241,10 @@ class WeightTransport(ABC):
         encoding, or block FP8 if that is what it fetched); `fp8`, the FP8 file when already made."""
 
     @abstractmethod
-    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "", size: int = 0) -> bytes:
         """The bytes of `version` from one of `holders` (WeightHolder messages), checked against sha256;
-        `fmt` FP8 asks for the block-FP8 file (`to_fp8`) instead of the transfer encoding."""
+        `fmt` FP8 asks for the block-FP8 file (`to_fp8`) instead of the transfer encoding; `size`, the
+        file's size as the version's manifest gives it (0: not known)."""
 
     def close(self) -> None:
         return None
@@ -238,7 +273,7 @@ class FileWeights(WeightTransport):
         for old in sorted(self.folder.glob("v*.safetensors"))[: -self.keep]:
             old.unlink(missing_ok=True)
 
-    def fetch(self, version: int, sha256: str, holders, fmt: str = "") -> bytes:
+    def fetch(self, version: int, sha256: str, holders, fmt: str = "", size: int = 0) -> bytes:
         """The folder holds the transfer encoding only: an FP8 file is made here from it (a shared
         folder saves no bytes by shipping FP8)."""
         path = self._path(version)

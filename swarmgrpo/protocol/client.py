@@ -97,7 +97,10 @@ class CoordinatorClient:
         attempt: int = 0,
         weight_hash_fp8: str = "",
         set_aside_prompts: list[int] = (),
+        **manifest,
     ) -> swarm_pb2.StepReply:
+        """`manifest`: the rest of what the step's workers agree on (StepReport's weight_bytes,
+        weight_bytes_fp8, state_hash, state_bytes)."""
         return self.call(
             "ReportStep",
             swarm_pb2.StepReport(
@@ -107,6 +110,7 @@ class CoordinatorClient:
                 attempt=attempt,
                 weight_hash_fp8=weight_hash_fp8,
                 set_aside_prompts=set_aside_prompts,
+                **manifest,
             ),
         )
 

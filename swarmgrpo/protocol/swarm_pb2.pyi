@@ -165,20 +165,28 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., policy_version: _Optional[int] = ..., activity: _Optional[str] = ..., tokens_per_s: _Optional[float] = ...) -> None: ...
 
 class PolicyState(_message.Message):
-    __slots__ = ("policy_version", "weight_hash", "holders", "max_staleness", "finished", "weight_hash_fp8")
+    __slots__ = ("policy_version", "weight_hash", "holders", "max_staleness", "finished", "weight_hash_fp8", "weight_bytes", "weight_bytes_fp8", "state_hash", "state_bytes")
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FP8_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FP8_FIELD_NUMBER: _ClassVar[int]
+    STATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     policy_version: int
     weight_hash: str
     holders: _containers.RepeatedCompositeFieldContainer[WeightHolder]
     max_staleness: int
     finished: bool
     weight_hash_fp8: str
-    def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ..., weight_hash_fp8: _Optional[str] = ...) -> None: ...
+    weight_bytes: int
+    weight_bytes_fp8: int
+    state_hash: str
+    state_bytes: int
+    def __init__(self, policy_version: _Optional[int] = ..., weight_hash: _Optional[str] = ..., holders: _Optional[_Iterable[_Union[WeightHolder, _Mapping]]] = ..., max_staleness: _Optional[int] = ..., finished: _Optional[bool] = ..., weight_hash_fp8: _Optional[str] = ..., weight_bytes: _Optional[int] = ..., weight_bytes_fp8: _Optional[int] = ..., state_hash: _Optional[str] = ..., state_bytes: _Optional[int] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("auth", "policy_version", "max_prompts", "wait_s")
@@ -353,7 +361,7 @@ class TrainBatchReply(_message.Message):
     def __init__(self, status: _Optional[_Union[BatchStatus, str]] = ..., step: _Optional[int] = ..., groups: _Optional[_Iterable[_Union[TrainGroup, _Mapping]]] = ..., retry_after_s: _Optional[float] = ..., message: _Optional[str] = ..., policy: _Optional[_Union[PolicyState, _Mapping]] = ..., shard_index: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[Worker, _Mapping]]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class StepReport(_message.Message):
-    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt", "weight_hash_fp8", "set_aside_prompts")
+    __slots__ = ("auth", "step", "weight_hash", "metrics", "attempt", "weight_hash_fp8", "set_aside_prompts", "weight_bytes", "weight_bytes_fp8", "state_hash", "state_bytes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +376,10 @@ class StepReport(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_HASH_FP8_FIELD_NUMBER: _ClassVar[int]
     SET_ASIDE_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FP8_FIELD_NUMBER: _ClassVar[int]
+    STATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     auth: Auth
     step: int
     weight_hash: str
@@ -375,7 +387,11 @@ class StepReport(_message.Message):
     attempt: int
     weight_hash_fp8: str
     set_aside_prompts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ..., weight_hash_fp8: _Optional[str] = ..., set_aside_prompts: _Optional[_Iterable[int]] = ...) -> None: ...
+    weight_bytes: int
+    weight_bytes_fp8: int
+    state_hash: str
+    state_bytes: int
+    def __init__(self, auth: _Optional[_Union[Auth, _Mapping]] = ..., step: _Optional[int] = ..., weight_hash: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., attempt: _Optional[int] = ..., weight_hash_fp8: _Optional[str] = ..., set_aside_prompts: _Optional[_Iterable[int]] = ..., weight_bytes: _Optional[int] = ..., weight_bytes_fp8: _Optional[int] = ..., state_hash: _Optional[str] = ..., state_bytes: _Optional[int] = ...) -> None: ...
 
 class StepReply(_message.Message):
     __slots__ = ("status", "policy_version", "message")

@@ -249,6 +249,12 @@ def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
         "must be empty or 64 lowercase hex characters (sha256)",
         "hash the block-FP8 weights file, or leave it empty when the run ships no FP8 weights",
     )
+    _check(
+        not req.state_hash or _is_sha256(req.state_hash),
+        "state_hash",
+        "must be empty or 64 lowercase hex characters (sha256)",
+        "hash the training-state file (swarmgrpo.node.train_state), or leave it empty",
+    )
     _check(len(req.metrics) <= 64, "metrics", "more than 64 entries", "send fewer")
     _check(
         len(req.set_aside_prompts) <= limits.max_set_aside,

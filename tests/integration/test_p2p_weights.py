@@ -205,3 +205,93 @@ def test_close_leaves_no_p2pd(holders):
     assert readline(proc)["p2pd_children"] == []
     assert proc.wait(15) == 0
     assert not Path(f"/proc/{info['p2pd']}").exists()
+
+
+class FaultyHolder:
+    """A holder on a real PeerHost that claims the published sha256 and then cheats: "trickle" sends
+    the true file a byte per `pause` seconds (each chunk inside the fetcher's per-chunk timeout);
+    "oversize" announces a 1 TiB file and streams junk."""
+
+    def __init__(self, mode: str, data: bytes, pause: float = 1.0):
+        from swarmgrpo.node.p2p_host import PeerHost
+        from swarmgrpo.node.p2p_weights import PROTOCOL
+
+        self.mode, self.data, self.pause = mode, data, pause
+        self.requests, self.sent = 0, 0
+        self.host = PeerHost()
+        self.host.call(
+            self.host.p2p.add_protobuf_handler(
+                PROTOCOL, self._serve, swarm_pb2.WeightRequest, stream_output=True
+            )
+        )
+        self.holder = swarm_pb2.WeightHolder(
+            node_id=mode, peer_id=self.host.peer_id, peer_addrs=self.host.addrs
+        )
+
+    async def _serve(self, request, context):
+        import asyncio
+
+        self.requests += 1
+        sha, total = _sha(self.data), len(self.data) if self.mode == "trickle" else 1 << 40
+        while self.sent < total:
+            piece = self.data[self.sent : self.sent + 1] if self.mode == "trickle" else bytes(64 << 10)
+            yield swarm_pb2.WeightChunk(
+                policy_version=request.policy_version,
+                offset=self.sent,
+                data=piece,
+                total_bytes=total,
+                sha256=sha,
+            )
+            self.sent += len(piece)
+            await asyncio.sleep(self.pause)
+
+    def close(self):
+        self.host.close()
+
+
+def test_a_trickling_or_oversize_holder_is_dropped_within_its_deadline_and_an_honest_one_serves(holder_a):
+    """Both cheats claim the published hash. The fetcher refuses the 1 TiB announcement at its first
+    chunk (the version's manifest says how big the file is), drops the trickler when the whole file
+    is not in by the transfer deadline, takes the file from the honest holder, and asks that one
+    first next time."""
+    import logging
+    import threading
+    import time
+
+    data = _model_file()
+    fetcher = P2PWeights(timeout=2, min_bytes_per_s=64 << 10)  # deadline: 2 s + the file at 64 KiB/s
+    deadline = 2 + len(data) / (64 << 10)
+    trickler, oversize = FaultyHolder("trickle", data), FaultyHolder("oversize", data, pause=0.05)
+    got, took = [], []
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("swarmgrpo.node.p2p_weights").addHandler(handler)
+
+    def fetch():
+        t0 = time.monotonic()
+        got.append(fetcher.fetch(4, _sha(data), [trickler.holder, oversize.holder, holder_a], size=len(data)))
+        took.append(time.monotonic() - t0)
+
+    try:
+        thread = threading.Thread(target=fetch, daemon=True)
+        thread.start()
+        thread.join(deadline + 60)  # the trickler alone would take len(data) seconds (~44 hours)
+        assert got == [data], f"no file after {deadline + 60:.0f} s: {[r.getMessage() for r in records]}"
+        reasons = " ".join(r.getMessage() for r in records)
+        assert (
+            f"trickle ({trickler.holder.peer_id}): did not send the file within {deadline:.0f} s" in reasons
+        )
+        assert f"announces a file of {1 << 40} bytes; the version's is at most {len(data)}" in reasons
+        assert trickler.sent < len(data) and oversize.sent < 32 * (64 << 10), (trickler.sent, oversize.sent)
+        assert took[0] < deadline + 30, took  # one deadline, the refusal and the honest transfer
+        asked = trickler.requests, oversize.requests
+        assert (
+            fetcher.fetch(4, _sha(data), [trickler.holder, oversize.holder, holder_a], size=len(data)) == data
+        )
+        assert (trickler.requests, oversize.requests) == asked, "the honest holder is asked first now"
+    finally:
+        logging.getLogger("swarmgrpo.node.p2p_weights").removeHandler(handler)
+        fetcher.close()
+        trickler.close()
+        oversize.close()
