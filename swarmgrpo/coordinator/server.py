@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,6 +44,8 @@ PAGES = {  # path -> (file, content type): the dashboard, a page with no outside
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
+# A version number SQLite can hold: ASCII digits only (str.isdigit takes "١٢" too), 18 at most.
+SINCE = re.compile(r"[0-9]{1,18}")
 # Scripts and styles from this server only: no inline script, so text a node reports could never run.
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
 
@@ -57,9 +60,11 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> Threadi
             path, _, query = self.path.partition("?")
             if path == "/status":
                 since = parse_qs(query).get("since", ["0"])[-1]
-                if not since.isdigit():
+                if not SINCE.fullmatch(since):
                     # not echoed: a decoded %0d%0a in it would end the status line
-                    self.send_error(400, "since must be a version number, e.g. /status?since=12")
+                    self.send_error(
+                        400, "since must be a version number (1 to 18 digits 0-9), e.g. /status?since=12"
+                    )
                     return
                 snap = status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run, since=int(since))
                 body = json.dumps(snap, indent=1, allow_nan=False).encode()
