@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
 import grpc
@@ -543,3 +544,40 @@ def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
         versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
     assert [v for v, _ in versions] == list(range(1, 31))
     assert any(json.loads(m).get("workers") == 3 for _, m in versions), versions
+
+
+def _peer_addr(port: int) -> str:
+    """A multiaddr with a well-formed, random libp2p peer id (nobody listens there)."""
+    from hivemind.p2p import PeerID
+
+    identity = bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + NodeKey.generate().public_key  # ed25519 key
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{PeerID(identity).to_base58()}"
+
+
+def test_a_join_reply_carries_only_the_train_table_and_a_bounded_peer_list(network):
+    """Before, a joiner got the whole run config (join_token, state_dir, listen addresses) and every
+    live node's addresses (1,601 after 100 keys had joined with 16 each)."""
+    from swarmgrpo.coordinator.joining import MAX_INITIAL_PEERS
+
+    network.start_coordinator()
+    dht_addrs = json.loads((network.state_dir / "ports.json").read_text())["dht"]
+    for i in range(12):
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        client.join(
+            swarm_pb2.JoinRequest(
+                protocol_version=PROTOCOL_VERSION,
+                join_token=TOKEN,
+                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+                roles=[swarm_pb2.ROLE_ROLLOUT],
+                peer_addrs=[_peer_addr(1000 + 16 * i + j) for j in range(16)],
+            )
+        )
+    _, reply = _join(network)
+    config = tomllib.loads(reply.run_config_toml)
+    assert list(config) == ["train"] and config["train"]["max_steps"] == 4
+    for secret in (TOKEN, str(network.state_dir), network.address, "join_token", "state_dir"):
+        assert secret not in reply.run_config_toml
+    peers = list(reply.initial_peers)
+    assert len(peers) <= MAX_INITIAL_PEERS and peers[: len(dht_addrs)] == dht_addrs
+    assert len(peers) > len(dht_addrs), "a few live nodes' addresses come along"
+
