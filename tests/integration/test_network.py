@@ -581,3 +581,35 @@ def test_a_join_reply_carries_only_the_train_table_and_a_bounded_peer_list(netwo
     assert len(peers) <= MAX_INITIAL_PEERS and peers[: len(dht_addrs)] == dht_addrs
     assert len(peers) > len(dht_addrs), "a few live nodes' addresses come along"
 
+
+def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_joiners_still_join(network):
+    network.start_coordinator()
+    for bad in (
+        "garbage",
+        "/ip4/127.0.0.1/tcp/99999",
+        "/ip4/127.0.0.1/tcp/1/p2p/notapeer",
+        "/ip4/١.٢.٣.٤/tcp/1",
+    ):
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        with pytest.raises(CoordinatorError) as refused:
+            client.join(
+                swarm_pb2.JoinRequest(
+                    protocol_version=PROTOCOL_VERSION,
+                    join_token=TOKEN,
+                    capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+                    roles=[swarm_pb2.ROLE_ROLLOUT],
+                    peer_addrs=[_peer_addr(4001), bad],
+                )
+            )
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert "peer_addrs" in str(refused.value) and "advertise the libp2p host's addresses" in str(
+            refused.value
+        )
+    assert _count(network, "SELECT COUNT(*) FROM nodes") == 0, "nothing of a refused Join is stored"
+    node = network.start_node("rollout", "rollout")
+    _await(
+        network,
+        "a real node joins and works",
+        lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0,
+        [node],
+    )
