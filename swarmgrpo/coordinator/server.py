@@ -31,6 +31,7 @@ from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
 from swarmgrpo.protocol import swarm_pb2_grpc
+from swarmgrpo.protocol.dhtrecords import verify_node_record
 from swarmgrpo.protocol.errors import UserError
 
 log = logging.getLogger("swarmgrpo.coordinator")
@@ -48,6 +49,22 @@ PAGES = {  # path -> (file, content type): the dashboard, a page with no outside
 SINCE = re.compile(r"[0-9]{1,18}")
 # Scripts and styles from this server only: no inline script, so text a node reports could never run.
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+
+
+def signed_records(run_id: str, found: dict, store: Store) -> dict[str, dict]:
+    """The node records in the DHT that the node they name signed (`protocol.dhtrecords`); anyone can
+    store a record there, so the others are dropped, and counted in one log line."""
+    shown, dropped = {}, {}
+    for node_id, value in found.items():
+        key = store.node_key(node_id) if len(node_id) == 32 else None
+        record, why = verify_node_record(run_id, node_id, value, key)
+        if record is None:
+            dropped[why] = dropped.get(why, 0) + 1
+        else:
+            shown[node_id] = record
+    if dropped:
+        log.info("ignored %d unsigned or forged node records in the DHT: %s", sum(dropped.values()), dropped)
+    return shown
 
 
 def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> ThreadingHTTPServer:
@@ -166,8 +183,8 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             if host is not None and loop.time() - refreshed >= cfg.heartbeat_interval_s:
                 refreshed = loop.time()
                 try:
-                    announced = await asyncio.to_thread(host.lookup, nodes_key(cfg.run_id))
-                    dht["announced"] = announced
+                    found = await asyncio.to_thread(host.lookup, nodes_key(cfg.run_id))
+                    dht["announced"] = signed_records(cfg.run_id, found, store)
                 except Exception as e:  # the DHT view is informational; the run goes on without it
                     log.warning("reading the DHT failed: %s", e)
             with contextlib.suppress(TimeoutError):

@@ -47,6 +47,7 @@ from swarmgrpo.node.weights import (
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.configtree import from_dict
+from swarmgrpo.protocol.dhtrecords import sign_node_record
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import (
     CheckpointError,
@@ -228,10 +229,11 @@ class Node:
             "role": self.role,
             "policy_version": self.version,
             "activity": self.activity,
-            "tokens_per_s": round(self.tokens_per_s, 1),
+            "tokens_per_s": round(float(self.tokens_per_s), 1),
         }
+        signed = sign_node_record(self.key, self.run_id, record, ttl=3 * interval)  # readers check it
         try:
-            self.host.announce(nodes_key(self.run_id), self.key.node_id, record, ttl=3 * interval)
+            self.host.announce(nodes_key(self.run_id), self.key.node_id, signed, ttl=3 * interval)
         except Exception as e:  # the coordinator's heartbeat is what keeps a node in the run
             log.warning("DHT announcement failed: %s", e)
 

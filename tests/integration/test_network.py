@@ -613,3 +613,53 @@ def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_
         lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0,
         [node],
     )
+
+
+def test_the_coordinator_shows_only_node_records_their_node_signed(network):
+    """Anyone who reaches the coordinator's DHT peer (every joiner is told its address) can store
+    records under the run's nodes key: forged, altered, unsigned and junk records are not shown."""
+    from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+    from swarmgrpo.protocol.dhtrecords import sign_node_record
+
+    network.start_coordinator()
+    run = "test-run"
+    dht_addrs = json.loads((network.state_dir / "ports.json").read_text())["dht"]
+    honest, victim, altered = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    for key in (honest, victim, altered):
+        _join(network, key)
+    record = {"peer_id": "12D3KooW", "addrs": [], "role": "rollout", "policy_version": 0}
+    record |= {"activity": "generating", "tokens_per_s": 1.5}
+    attacker = PeerHost()
+    try:
+        assert attacker.join_dht(dht_addrs) == 1
+        key = nodes_key(run)
+        attacker.announce(key, honest.node_id, sign_node_record(honest, run, record, ttl=60), ttl=60)
+        forged = sign_node_record(NodeKey.generate(), run, record | {"activity": "<b>pwned</b>"}, ttl=60)
+        attacker.announce(key, victim.node_id, forged, ttl=60)
+        changed = sign_node_record(altered, run, record, ttl=60) | {"role": "train"}
+        attacker.announce(key, altered.node_id, changed, ttl=60)
+        other_run = sign_node_record(NodeKey.generate(), "another-run", record, ttl=60)
+        attacker.announce(key, NodeKey.generate().node_id, other_run, ttl=60)
+        for i in range(50):
+            attacker.announce(key, f"junk-{i}", {"activity": "x" * 4000, "addrs": ["garbage"] * 100}, ttl=60)
+
+        def shown():
+            status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
+            return status["dht"]["announced"], status
+
+        _await(
+            network, "the coordinator reads the DHT", lambda: shown()[0], [network.coordinator], timeout=30
+        )
+        time.sleep(2.5)  # two more reads: all the records are in by now
+        announced, status = shown()
+        assert announced == {honest.node_id: record}
+        assert {n["node_id"]: n["in_dht"] for n in status["nodes"]} == {
+            honest.node_id: True,
+            victim.node_id: False,
+            altered.node_id: False,
+        }
+    finally:
+        attacker.close()
+    assert "ignored" in network.log("coordinator") and "unsigned or forged node records" in network.log(
+        "coordinator"
+    )
