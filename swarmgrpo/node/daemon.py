@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -45,9 +46,10 @@ from swarmgrpo.node.weights import (
     views,
 )
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
-from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorUnreachable
 from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.dhtrecords import sign_node_record
+from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import (
     CheckpointError,
@@ -96,6 +98,9 @@ class NodeOptions:
     initial_peers: list[str] = field(default_factory=list)
     p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
+    coordinator_patience_s: float = math.inf
+    """How long the node waits for a coordinator that does not answer (restarting, or the network is
+    down) before it leaves; it retries every few seconds meanwhile. Default: as long as it takes."""
 
 
 class Node:
@@ -103,8 +108,8 @@ class Node:
         self.opts = opts
         self.state_dir = Path(opts.state_dir).expanduser()
         self.key = NodeKey.load_or_create(self.state_dir / "node.key")
-        self.client = CoordinatorClient(opts.join, self.key)
         self.stop = threading.Event()
+        self.client = CoordinatorClient(opts.join, self.key, opts.coordinator_patience_s, self.stop)
         self.version = 0
         self.activity = "starting"
         self.tokens_per_s = 0.0
@@ -615,4 +620,9 @@ def main(opts: NodeOptions) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    node.run()
+    try:
+        node.run()
+    except CoordinatorUnreachable as e:
+        if not e.stopped:
+            raise UserError(str(e)) from None
+        log.info("%s; left without a goodbye (the coordinator expires the leases)", e)

@@ -663,3 +663,42 @@ def test_the_coordinator_shows_only_node_records_their_node_signed(network):
     assert "ignored" in network.log("coordinator") and "unsigned or forged node records" in network.log(
         "coordinator"
     )
+
+
+def test_nodes_ride_out_a_coordinator_outage_and_finish_the_run(network):
+    """A coordinator killed mid-run and restarted 8 s later on the same state and port: the nodes wait
+    (one clear line each about what they wait for, their key kept), go on and finish the run, with
+    no traceback. Before, a node exited with a traceback after 60 s without an answer."""
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train")
+    node = network.start_node("rollout", "rollout")
+    _await_versions(network, 1, [trainer, node])
+    network.kill9_coordinator()
+    time.sleep(8.0)
+    assert trainer.poll() is None and node.poll() is None, network.logs()
+    network.start_coordinator()
+    assert network.wait(trainer, 240, "trainer") == 0, network.logs()
+    assert network.wait(node, 120, "rollout") == 0, network.logs()
+    assert _count(network, "SELECT MAX(version) FROM versions") == 4
+    assert _count(network, "SELECT COUNT(*) FROM nodes") == 2, "each node kept its key: no new identity"
+    for name in ("trainer", "rollout"):
+        log = network.log(name)
+        assert re.search(
+            rf"coordinator {network.address} unreachable since \d\d:\d\d:\d\d .*retrying every 5 s at most "
+            r"for as long as it takes \(key and cached weights kept\)",
+            log,
+        ), log
+        assert f"coordinator {network.address} answers again after" in log, log
+        assert "Traceback" not in log, log
+
+
+def test_a_node_leaves_with_one_line_when_its_coordinator_patience_is_spent(network):
+    network.start_coordinator()
+    node = network.start_node("rollout", "rollout", "--coordinator-patience", "3")
+    _await(network, "the node works", lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0, [node])
+    network.kill9_coordinator()
+    assert network.wait(node, 60, "rollout") == 2, network.logs()
+    log = network.log("rollout")
+    assert f"error: the coordinator at {network.address} gave no answer for" in log, log
+    assert "(--coordinator-patience 3); start the node again when it is back" in log, log
+    assert "Traceback" not in log, log
