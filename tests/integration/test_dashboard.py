@@ -212,7 +212,7 @@ def test_the_dashboard_is_served_with_a_policy_that_forbids_inline_script(networ
 def test_status_stays_bounded_however_many_keys_join_with_long_fields(network):
     """Keys are free: 110 of them join with the longest fields Join and Heartbeat accept (16 addresses of
     ~320 characters, 512-character texts). /status lists MAX_NODES_SHOWN of them, counts them all, and
-    cuts every string and list; before, it listed every node in full (~1.2 MB here, growing with keys)."""
+    cuts every string and list; before, it listed every node in full (864 KB here, growing with keys)."""
     from swarmgrpo.coordinator.status import MAX_ITEMS, MAX_NODES_SHOWN, MAX_TEXT
 
     network.start_coordinator()
