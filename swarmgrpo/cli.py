@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from swarmgrpo.protocol.errors import UserError
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=["/ip4/0.0.0.0/tcp/0"],
         help="libp2p multiaddrs to serve weights on",
+    )
+    p.add_argument(
+        "--coordinator-patience",
+        type=_seconds_or_forever,
+        default=math.inf,
+        metavar="SECONDS",
+        help="how long to wait for a coordinator that does not answer (a restart, an outage) before "
+        "leaving; the node retries every few seconds meanwhile (default: forever)",
     )
     p.add_argument("--max-prompts", type=int, default=2, help="prompts per lease")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -171,6 +180,18 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def _seconds_or_forever(text: str) -> float:
+    if text == "forever":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds > 0 or 'forever'")
+    return value
+
+
 def _logging() -> None:
     import logging
 
@@ -213,6 +234,7 @@ def _node(args) -> int:
             weights_format=args.weights_format,
             initial_peers=args.initial_peers,
             p2p_listen=args.p2p_listen,
+            coordinator_patience_s=args.coordinator_patience,
         )
     )
     return 0

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +32,7 @@ from swarmgrpo.coordinator.scoring import Scorer
 from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
 from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+from swarmgrpo.protocol.dhtrecords import verify_node_record
 from swarmgrpo.protocol.errors import UserError
 
 log = logging.getLogger("swarmgrpo.coordinator")
@@ -44,8 +46,26 @@ PAGES = {  # path -> (file, content type): the dashboard, a page with no outside
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
     "/favicon.svg": ("favicon.svg", "image/svg+xml"),
 }
+# A version number SQLite can hold: ASCII digits only (str.isdigit takes "١٢" too), 18 at most.
+SINCE = re.compile(r"[0-9]{1,18}")
 # Scripts and styles from this server only: no inline script, so text a node reports could never run.
 CSP = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+
+
+def signed_records(run_id: str, found: dict, store: Store) -> dict[str, dict]:
+    """The node records in the DHT that the node they name signed (`protocol.dhtrecords`); anyone can
+    store a record there, so the others are dropped, and counted in one log line."""
+    shown, dropped = {}, {}
+    for node_id, value in found.items():
+        key = store.node_key(node_id) if len(node_id) == 32 else None
+        record, why = verify_node_record(run_id, node_id, value, key)
+        if record is None:
+            dropped[why] = dropped.get(why, 0) + 1
+        else:
+            shown[node_id] = record
+    if dropped:
+        log.info("ignored %d unsigned or forged node records in the DHT: %s", sum(dropped.values()), dropped)
+    return shown
 
 
 def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> ThreadingHTTPServer:
@@ -58,9 +78,11 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> Threadi
             path, _, query = self.path.partition("?")
             if path == "/status":
                 since = parse_qs(query).get("since", ["0"])[-1]
-                if not since.isdigit():
+                if not SINCE.fullmatch(since):
                     # not echoed: a decoded %0d%0a in it would end the status line
-                    self.send_error(400, "since must be a version number, e.g. /status?since=12")
+                    self.send_error(
+                        400, "since must be a version number (1 to 18 digits 0-9), e.g. /status?since=12"
+                    )
                     return
                 snap = status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run, since=int(since))
                 body = json.dumps(snap, indent=1, allow_nan=False).encode()
@@ -166,8 +188,8 @@ async def serve(cfg: RunConfig, ready: asyncio.Event | None = None) -> None:
             if host is not None and loop.time() - refreshed >= cfg.heartbeat_interval_s:
                 refreshed = loop.time()
                 try:
-                    announced = await asyncio.to_thread(host.lookup, nodes_key(cfg.run_id))
-                    dht["announced"] = announced
+                    found = await asyncio.to_thread(host.lookup, nodes_key(cfg.run_id))
+                    dht["announced"] = signed_records(cfg.run_id, found, store)
                 except Exception as e:  # the DHT view is informational; the run goes on without it
                     log.warning("reading the DHT failed: %s", e)
             with contextlib.suppress(TimeoutError):

@@ -25,7 +25,7 @@ from dataclasses import asdict
 
 import grpc
 
-from swarmgrpo.coordinator import stepmetrics
+from swarmgrpo.coordinator import joining, stepmetrics
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.gate import Gate
 from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
@@ -252,15 +252,15 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             [swarm_pb2.Role.Name(r) for r in roles],
             f" again; {returned} prompts it held back to the pool" if returned else "",
         )
-        peers = self.dht_addrs + list(self.cfg.dht_initial_peers)
-        for n in self._live_nodes():  # live nodes only: a joiner dials every address it is given
-            if n["node_id"] != request.auth.node_id:
-                peers += n["peer_addrs"]
+        others = [
+            n for n in self._live_nodes() if n["node_id"] != request.auth.node_id
+        ]  # a joiner dials them
+        peers = joining.bootstrap_peers(self.dht_addrs + list(self.cfg.dht_initial_peers), others)
         return swarm_pb2.JoinReply(
             node_id=request.auth.node_id,
             protocol_version=PROTOCOL_VERSION,
             run_id=self.cfg.run_id,
-            run_config_toml=self.store.get_meta("config_toml"),
+            run_config_toml=joining.node_config_toml(self.store.get_meta("config_toml")),
             policy_version=self.version,
             roles=roles,
             initial_peers=peers,

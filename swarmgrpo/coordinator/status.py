@@ -1,5 +1,10 @@
 """What the run looks like now, from the database: the JSON of /status and `swarmgrpo status`, and
-the Prometheus metrics of /metrics. Read-only; the HTTP side uses its own connection."""
+the Prometheus metrics of /metrics. Read-only; the HTTP side uses its own connection.
+
+Whatever many keys join and put in their fields, a snapshot stays bounded: it lists at most
+MAX_NODES_SHOWN nodes and DHT records (alive and recent first; the totals are counted), and every
+string and list that came from a node is cut to MAX_TEXT characters / MAX_ITEMS entries.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from swarmgrpo.coordinator.store import Store
+
+MAX_NODES_SHOWN = 100
+MAX_TEXT = 128
+MAX_ITEMS = 8
 
 
 def run_summary(cfg) -> dict:
@@ -43,6 +52,9 @@ def snapshot(
         n["alive"] = n["left_at"] is None and now - n["last_seen"] <= 3 * heartbeat_interval_s
         n["staleness"] = v - n["policy_version"]
         n["in_dht"] = bool(dht) and n["node_id"] in dht.get("announced", {})
+    # alive and recent first when there are too many to show, listed in the order they joined
+    shown = sorted(nodes, key=lambda n: (n["alive"], n["last_seen"]), reverse=True)[:MAX_NODES_SHOWN]
+    shown.sort(key=lambda n: n["joined_at"])
     last = latest[-1]["metrics"] if latest else {}
     return _finite(
         {
@@ -53,11 +65,37 @@ def snapshot(
             "last_step": last,
             "steps": [{"version": x["version"], **x["metrics"]} for x in versions],
             "steps_since": since,
-            "nodes": nodes,
-            "dht": dht or {},
+            "nodes": [bounded(n) for n in shown],
+            "nodes_total": len(nodes),
+            "nodes_alive": sum(n["alive"] for n in nodes),
+            "dht": _bounded_dht(dht or {}),
             "time": now,
         }
     )
+
+
+def _bounded_dht(dht: dict) -> dict:
+    announced = dht.get("announced")
+    if announced is None:
+        return bounded(dht)
+    shown = dict(list(announced.items())[:MAX_NODES_SHOWN])
+    return {
+        **bounded({k: v for k, v in dht.items() if k != "announced"}),
+        "announced": bounded(shown, MAX_NODES_SHOWN),
+        "announced_total": len(announced),
+    }
+
+
+def bounded(value, max_keys: int = 32):
+    """`value` with every string cut to MAX_TEXT characters, every list inside to MAX_ITEMS entries
+    and every mapping to `max_keys` (a node's row has ~20 fields, so 32 keeps them all)."""
+    if isinstance(value, str):
+        return value if len(value) <= MAX_TEXT else value[: MAX_TEXT - 1] + "…"
+    if isinstance(value, dict):
+        return {bounded(str(k)): bounded(v) for k, v in list(value.items())[:max_keys]}
+    if isinstance(value, list | tuple):
+        return [bounded(v) for v in value[:MAX_ITEMS]]
+    return value
 
 
 def _finite(value):
@@ -106,7 +144,7 @@ class _Collector:
             yield GaugeMetricFamily(
                 "swarmgrpo_dht_nodes_announced",
                 "Nodes whose announcement the coordinator's DHT peer found",
-                value=len(snap["dht"].get("announced", {})),
+                value=snap["dht"].get("announced_total", 0),
             )
         yield tps
         yield tokens

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -46,8 +47,10 @@ from swarmgrpo.node.weights import (
     views,
 )
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
-from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorUnreachable
 from swarmgrpo.protocol.configtree import from_dict
+from swarmgrpo.protocol.dhtrecords import sign_node_record
+from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import (
     CheckpointError,
@@ -96,6 +99,9 @@ class NodeOptions:
     initial_peers: list[str] = field(default_factory=list)
     p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
+    coordinator_patience_s: float = math.inf
+    """How long the node waits for a coordinator that does not answer (restarting, or the network is
+    down) before it leaves; it retries every few seconds meanwhile. Default: as long as it takes."""
 
 
 class Node:
@@ -103,8 +109,8 @@ class Node:
         self.opts = opts
         self.state_dir = Path(opts.state_dir).expanduser()
         self.key = NodeKey.load_or_create(self.state_dir / "node.key")
-        self.client = CoordinatorClient(opts.join, self.key)
         self.stop = threading.Event()
+        self.client = CoordinatorClient(opts.join, self.key, opts.coordinator_patience_s, self.stop)
         self.version = 0
         self.activity = "starting"
         self.tokens_per_s = 0.0
@@ -229,10 +235,11 @@ class Node:
             "role": self.role,
             "policy_version": self.version,
             "activity": self.activity,
-            "tokens_per_s": round(self.tokens_per_s, 1),
+            "tokens_per_s": round(float(self.tokens_per_s), 1),
         }
+        signed = sign_node_record(self.key, self.run_id, record, ttl=3 * interval)  # readers check it
         try:
-            self.host.announce(nodes_key(self.run_id), self.key.node_id, record, ttl=3 * interval)
+            self.host.announce(nodes_key(self.run_id), self.key.node_id, signed, ttl=3 * interval)
         except Exception as e:  # the coordinator's heartbeat is what keeps a node in the run
             log.warning("DHT announcement failed: %s", e)
 
@@ -646,4 +653,9 @@ def main(opts: NodeOptions) -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    node.run()
+    try:
+        node.run()
+    except CoordinatorUnreachable as e:
+        if not e.stopped:
+            raise UserError(str(e)) from None
+        log.info("%s; left without a goodbye (the coordinator expires the leases)", e)

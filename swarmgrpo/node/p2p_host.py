@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from hivemind.dht.node import DHTNode
 from hivemind.p2p import P2P, P2PDaemonError, PeerID
@@ -57,6 +57,19 @@ def transport_addr(addr: str) -> tuple[PeerID | None, Multiaddr]:
     except Exception:
         return None, maddr
     return PeerID.from_base58(peer), maddr.decapsulate(f"/p2p/{peer}")
+
+
+def dialable(addrs: Iterable[str]) -> list[tuple[str, PeerID | None, Multiaddr]]:
+    """(address, peer id, transport part) of each of `addrs` that parses; the others are logged and
+    skipped: an address comes from another node (through the coordinator or the DHT), and one bad
+    address must not keep this node from dialing the rest."""
+    usable = []
+    for addr in addrs:
+        try:
+            usable.append((addr, *transport_addr(addr)))
+        except Exception as e:
+            log.warning("skipping peer address %r: it does not parse (%s)", str(addr)[:120], str(e)[:200])
+    return usable
 
 
 async def _cancel_other_tasks() -> None:
@@ -99,7 +112,9 @@ class PeerHost:
             return await P2P.create(host_maddrs=listen)
 
     async def connect(self, peer: PeerID, addrs: Sequence[str], timeout: float) -> None:
-        transports = [transport_addr(a)[1] for a in addrs]
+        transports = [t for _, _, t in dialable(addrs)]
+        if not transports:
+            raise ValueError(f"none of the {len(addrs)} addresses of peer {peer} parses as a multiaddr")
         await asyncio.wait_for(self.p2p._client.connect(peer, transports), timeout)
 
     # ------------------------------------------------------------------ DHT
@@ -112,11 +127,11 @@ class PeerHost:
         """
         if self.dht is not None:
             raise RuntimeError("already joined the DHT")
-        candidates = []
-        for addr in dict.fromkeys(initial_peers):
-            peer, _ = transport_addr(addr)
-            if peer is not None and peer.to_base58() != self.peer_id:
-                candidates.append((peer, addr))
+        candidates = [
+            (peer, addr)
+            for addr, peer, _ in dialable(dict.fromkeys(initial_peers))
+            if peer is not None and peer.to_base58() != self.peer_id
+        ]
 
         async def dial_all():
             dials = (self.connect(peer, [addr], timeout) for peer, addr in candidates)

@@ -6,7 +6,9 @@ their sha256 in memory, for the last `keep` versions, serves them on the stream 
 carrying the file's size and sha256) and, once its host has joined the DHT, announces itself as a
 holder under `swarmgrpo/<run>/weights/<v>` for `holder_ttl` seconds.
 
-A fetching node asks the holders the coordinator named, then those the DHT knows, one at a time, in
+A fetching node asks the holders the coordinator named, then those the DHT knows (anyone can write
+there: only records whose peer id and addresses parse, and at most MAX_DHT_HOLDERS of them, picked at
+random; no record is trusted for the bytes, which must hash to the published sha256), one at a time, in
 the order its `HolderRanking` gives (see `holders`): it dials the holder's addresses, reassembles the
 chunks, checks that offsets are contiguous and that size and sha256 match both the holder's claim and
 the published hash, and moves on to the next holder on any failure. A holder fails when it is silent
@@ -27,18 +29,37 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
 from collections.abc import Sequence
 
 from hivemind.p2p import P2PContext, PeerID
 
 from swarmgrpo.node.holders import transfer_deadline
-from swarmgrpo.node.p2p_host import PeerHost, weights_key
+from swarmgrpo.node.p2p_host import PeerHost, dialable, weights_key
 from swarmgrpo.node.weights import WeightError, WeightTransport, check_format, is_fp8, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
 PROTOCOL = "swarmgrpo.weights"
+MAX_ADDRS = 16
+
+
+MAX_DHT_HOLDERS = 4
+"""Holders found in the DHT that a fetch tries (after those the coordinator named)."""
+
+
+def holder_addrs(peer: str, addrs) -> list[str]:
+    """A DHT holder record's addresses when its peer id and addresses parse ([] when not): the record
+    is anyone's to write, so only its shape is trusted; the bytes are checked against the published
+    sha256 anyway."""
+    if not isinstance(addrs, list) or not 0 < len(addrs) <= MAX_ADDRS:
+        return []
+    try:
+        PeerID.from_base58(peer)
+    except Exception:
+        return []
+    return [a for a, _, _ in dialable(a for a in addrs if isinstance(a, str) and len(a) <= 512)]
 
 
 class NotHeld(WeightError):
@@ -115,11 +136,20 @@ class P2PWeights(WeightTransport):
         except Exception as e:
             log.warning("DHT lookup of weights v%d failed: %s", version, e)
             return []
-        return [
-            swarm_pb2.WeightHolder(peer_id=peer, peer_addrs=list(v.get("addrs", [])), policy_version=version)
-            for peer, v in sorted(found.items())
-            if peer != self.peer_id and (not sha256 or v.get("sha256") == sha256)
+        usable = [
+            swarm_pb2.WeightHolder(peer_id=peer, peer_addrs=addrs, policy_version=version)
+            for peer, v in found.items()
+            if peer != self.peer_id
+            and (not sha256 or v.get("sha256") == sha256)
+            and (addrs := holder_addrs(peer, v.get("addrs")))
         ]
+        dropped = len(found) - len(usable) - (self.peer_id in found)
+        if dropped:
+            log.info(
+                "weights v%d: %d DHT holder records unusable (malformed or another hash)", version, dropped
+            )
+        # Anyone can store a record here, and each holder tried may cost `timeout`: a few, at random.
+        return random.sample(usable, min(MAX_DHT_HOLDERS, len(usable)))
 
     async def _serve(self, request: swarm_pb2.WeightRequest, context: P2PContext):
         version = request.policy_version

@@ -1,12 +1,17 @@
-"""The node's side of the Coordinator service: every call signed, transient outages retried.
+"""The node's side of the Coordinator service: every call signed, outages ridden out.
 
-A coordinator that restarts (even after kill -9) comes back with its state, so UNAVAILABLE is
-retried with backoff for `patience_s`; every other error is raised as `CoordinatorError` with the
-coordinator's sentence.
+A coordinator that restarts (even after kill -9) comes back with its state, so a call that gets no
+answer (UNAVAILABLE, or no reply before its deadline) is sent again, with a fresh nonce, every
+RETRY_CAP_S at most, for `patience_s` (default: as long as it takes) or until `stop` is set; the
+first miss logs one line saying what the node waits for, and every MINUTE another. Every other error
+is raised as `CoordinatorError` with the coordinator's sentence.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
 import time
 
 import grpc
@@ -14,7 +19,11 @@ import grpc
 from swarmgrpo.protocol import swarm_pb2, swarm_pb2_grpc
 from swarmgrpo.protocol.signing import NodeKey
 
+log = logging.getLogger("swarmgrpo.node")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_CAP_S = 5.0
+NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+REMIND_S = 60.0
 
 
 class CoordinatorError(Exception):
@@ -23,11 +32,30 @@ class CoordinatorError(Exception):
         super().__init__(f"coordinator refused ({code.name}): {details}")
 
 
+class CoordinatorUnreachable(CoordinatorError):
+    """No answer within the node's patience, or the node was stopped while it waited."""
+
+    def __init__(self, message: str, stopped: bool = False):
+        self.code = grpc.StatusCode.UNAVAILABLE
+        self.stopped = stopped
+        Exception.__init__(self, message)
+
+
 class CoordinatorClient:
-    def __init__(self, address: str, key: NodeKey, patience_s: float = 60.0):
+    def __init__(
+        self,
+        address: str,
+        key: NodeKey,
+        patience_s: float = math.inf,
+        stop: threading.Event | None = None,
+    ):
         self.address = address
         self.key = key
         self.patience_s = patience_s
+        self.stop = stop or threading.Event()
+        self._outage = threading.Lock()
+        self._down_since: float | None = None  # wall clock of the first unanswered call
+        self._reminded = 0.0
         self.channel = grpc.insecure_channel(
             address,
             options=[
@@ -41,17 +69,59 @@ class CoordinatorClient:
         self.channel.close()
 
     def call(self, method: str, request, *, include_public_key: bool = False, timeout: float = 60.0):
-        deadline = time.monotonic() + self.patience_s
+        started = time.monotonic()
         delay = 0.2
         while True:
             self.key.sign(method, request, include_public_key=include_public_key)  # fresh nonce per try
             try:
-                return getattr(self.stub, method)(request, timeout=timeout)
+                reply = getattr(self.stub, method)(request, timeout=timeout)
             except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > deadline:
+                if e.code() not in NO_ANSWER:
                     raise CoordinatorError(e.code(), e.details() or "") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                self._unanswered(method, e, time.monotonic() - started, delay)
+                if self.stop.wait(delay):
+                    raise CoordinatorUnreachable(
+                        f"stopped while waiting for the coordinator at {self.address}", stopped=True
+                    ) from None
+                delay = min(delay * 2, RETRY_CAP_S)
+                continue
+            self._answered()
+            return reply
+
+    def _unanswered(self, method: str, error: grpc.RpcError, waited: float, delay: float) -> None:
+        """Log the outage (once, then every REMIND_S); raise when the node's patience is spent."""
+        if waited + delay > self.patience_s:
+            raise CoordinatorUnreachable(
+                f"the coordinator at {self.address} gave no answer for {waited:.0f} s "
+                f"(--coordinator-patience {self.patience_s:g}); start the node again when it is back: "
+                "its key and checkpoints are kept"
+            ) from None
+        now = time.time()
+        with self._outage:
+            first = self._down_since is None
+            if first:
+                self._down_since = now
+            elif now - self._reminded < REMIND_S:
+                return
+            self._reminded = now
+            since = time.strftime("%H:%M:%S", time.localtime(self._down_since))
+        until = "as long as it takes" if math.isinf(self.patience_s) else f"up to {self.patience_s:g} s"
+        log.warning(
+            "coordinator %s unreachable since %s (%s: %s), retrying every %g s at most for %s "
+            "(key and cached weights kept)",
+            self.address,
+            since,
+            method,
+            error.code().name,
+            RETRY_CAP_S,
+            until,
+        )
+
+    def _answered(self) -> None:
+        with self._outage:
+            down, self._down_since = self._down_since, None
+        if down is not None:
+            log.info("coordinator %s answers again after %.0f s without it", self.address, time.time() - down)
 
     def join(self, request: swarm_pb2.JoinRequest) -> swarm_pb2.JoinReply:
         return self.call("Join", request, include_public_key=True)

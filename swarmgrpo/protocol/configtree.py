@@ -200,10 +200,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def render_toml(cfg: Any) -> str:
-    """The resolved config as TOML, each field preceded by its docstring as a comment."""
+def render_toml(cfg: Any, table: str = "") -> str:
+    """The resolved config as TOML, each field preceded by its docstring as a comment; with `table`,
+    as that table ("train" gives [train], [train.task], ...)."""
     lines: list[str] = []
-    _render(cfg, "", lines)
+    _render(cfg, table, lines)
     return "\n".join(lines).strip() + "\n"
 
 

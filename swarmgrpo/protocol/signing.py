@@ -80,6 +80,10 @@ class NodeKey:
         os.replace(tmp, path)
         return key
 
+    def sign_bytes(self, message: bytes) -> bytes:
+        """A raw ed25519 signature; callers put their own domain prefix in `message`."""
+        return self._key.sign(message)
+
     def sign(self, method: str, request, *, include_public_key: bool = False):
         """Fill `request.auth` (node id, nonce, clock, signature) in place and return the request."""
         auth = request.auth

@@ -10,7 +10,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from swarmgrpo.protocol import SUPPORTED_PROTOCOL_VERSIONS, swarm_pb2
+from swarmgrpo.protocol import SUPPORTED_PROTOCOL_VERSIONS, multiaddrs, swarm_pb2
 
 
 class InvalidRequest(Exception):
@@ -97,6 +97,13 @@ def join(req: swarm_pb2.JoinRequest, limits: Limits) -> None:
     )
     for a in req.peer_addrs:
         _short(a, "peer_addrs", limits)
+        why = multiaddrs.problem(a)
+        _check(
+            why is None,
+            "peer_addrs",
+            f"{why}: later joiners dial it",
+            "advertise the libp2p host's addresses",
+        )
     _check(len(req.roles) <= 2, "roles", "more than 2", "offer each role once")
     for r in req.roles:
         _check(

@@ -9,6 +9,7 @@ import re
 import shutil
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -195,7 +196,9 @@ def test_the_dashboard_is_served_with_a_policy_that_forbids_inline_script(networ
     for asset, kind in [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")]:
         with urllib.request.urlopen(f"http://{network.http}/{asset}", timeout=10) as reply:
             assert reply.headers["Content-Type"].startswith(kind) and reply.read()
-    for bad in ("x", "-1", "%0d%0aSet-Cookie:%20a=b"):  # refused, and never echoed into the headers
+    # Refused, and never echoed into the headers; "١٢" (Arabic-Indic digits) passes str.isdigit and a
+    # 20-digit number overflows SQLite: both dropped the connection instead of answering 400.
+    for bad in ("x", "-1", "%0d%0aSet-Cookie:%20a=b", "%D9%A1%D9%A2", "9" * 20):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://{network.http}/status?since={bad}", timeout=10)
         assert refused.value.code == 400 and "Set-Cookie" not in refused.value.headers
@@ -203,3 +206,50 @@ def test_the_dashboard_is_served_with_a_policy_that_forbids_inline_script(networ
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://{network.http}/nope", timeout=10)
     assert missing.value.code == 404 and "the dashboard" in missing.value.read().decode()
+
+
+@pytest.mark.parametrize("network", [{"heartbeat_interval_s": 60.0}], indirect=True)  # alive throughout
+def test_status_stays_bounded_however_many_keys_join_with_long_fields(network):
+    """Keys are free: 110 of them join with the longest fields Join and Heartbeat accept (16 addresses of
+    ~320 characters, 512-character texts). /status lists MAX_NODES_SHOWN of them, counts them all, and
+    cuts every string and list; before, it listed every node in full (864 KB here, growing with keys)."""
+    from swarmgrpo.coordinator.status import MAX_ITEMS, MAX_NODES_SHOWN, MAX_TEXT
+
+    network.start_coordinator()
+    host = ".".join(["a" * 63] * 3) + "." + "b" * 50  # a 241-character DNS name
+    peer = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
+    long_text = "x" * 512
+
+    def join_one(i):
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        client.join(
+            swarm_pb2.JoinRequest(
+                protocol_version=PROTOCOL_VERSION,
+                join_token=TOKEN,
+                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1, device_name=long_text),
+                roles=[swarm_pb2.ROLE_ROLLOUT],
+                peer_id=long_text,
+                peer_addrs=[f"/dns4/{host}/tcp/{i * 16 + j}/p2p/{peer}" for j in range(16)],
+                software_version=long_text,
+            )
+        )
+        client.heartbeat(0, long_text, 1.0)
+        client.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(join_one, range(110)))
+    with urllib.request.urlopen(f"http://{network.http}/status", timeout=30) as reply:
+        body = reply.read()
+    snap = json.loads(body)
+    assert len(snap["nodes"]) == MAX_NODES_SHOWN and snap["nodes_total"] == snap["nodes_alive"] == 110
+
+    def longest(value) -> tuple[int, int]:  # (longest string, longest list) inside `value`
+        if isinstance(value, str):
+            return len(value), 0
+        items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, list) else []
+        inner = [longest(v) for v in items] or [(0, 0)]
+        own = len(value) if isinstance(value, list) else 0
+        return max(t for t, _ in inner), max(own, *(n for _, n in inner))
+
+    assert longest(snap["nodes"][0]) == (MAX_TEXT, MAX_ITEMS)
+    assert len(body) < MAX_NODES_SHOWN * 5_000, f"/status is {len(body)} bytes"

@@ -11,10 +11,12 @@ import sys
 import time
 
 import pytest
+from hivemind.p2p import PeerID
 
-from swarmgrpo.node.p2p_host import PeerHost, nodes_key
-from swarmgrpo.node.p2p_weights import P2PWeights
+from swarmgrpo.node.p2p_host import PeerHost, nodes_key, weights_key
+from swarmgrpo.node.p2p_weights import MAX_DHT_HOLDERS, P2PWeights
 from swarmgrpo.node.weights import WeightError
+from swarmgrpo.protocol.signing import NodeKey
 from tests.integration.peerprocs import readline, spawn, stop
 
 pytestmark = pytest.mark.integration
@@ -103,3 +105,47 @@ def test_records_expire_and_a_dead_bootstrap_peer_is_survived(bootstrap, fetcher
         assert loner.lookup(nodes_key(RUN)) == {"loner": {"ok": True}}
     finally:
         loner.close()
+
+
+def test_forged_weight_holder_records_are_checked_and_few_are_tried(bootstrap, fetcher):
+    """Anyone can store holder records under a version's key: malformed ones (a peer id or address that
+    does not parse, addresses that are not strings) are skipped, and of the well-formed ones claiming
+    the published hash only MAX_DHT_HOLDERS are tried. Before, an address list of numbers made
+    `fetch` raise TypeError (a node's sync expects WeightError) and every record was dialed."""
+    _, weights = fetcher
+    version, sha = 77, "ab" * 32
+    attacker = PeerHost()
+    try:
+        assert attacker.join_dht([bootstrap.addrs[0]]) == 1
+        key = weights_key(RUN, version)
+        dead = []
+        for port in range(20):
+            peer_id = _random_peer_id()  # nobody answers for it
+            dead.append(peer_id)
+            attacker.announce(
+                key,
+                peer_id,
+                {"addrs": [f"/ip4/127.0.0.1/tcp/{port + 1}/p2p/{peer_id}"], "sha256": sha},
+                ttl=60,
+            )
+        malformed = {
+            "not-a-peer-id": {"addrs": ["/ip4/127.0.0.1/tcp/1"], "sha256": sha},
+            _random_peer_id(): {"addrs": [1, 2], "sha256": sha},
+            _random_peer_id(): {"addrs": "/ip4/127.0.0.1/tcp/1", "sha256": sha},
+            _random_peer_id(): {"addrs": ["garbage", "/ip4/1.2.3.4/tcp/99999"], "sha256": sha},
+            _random_peer_id(): {"addrs": ["/ip4/127.0.0.1/tcp/1"] * 1000, "sha256": sha},
+        }
+        for peer_id, value in malformed.items():
+            attacker.announce(key, peer_id, value, ttl=60)
+        holders = weights.dht_holders(version, sha)
+        assert 0 < len(holders) <= MAX_DHT_HOLDERS
+        assert {h.peer_id for h in holders} <= set(dead)
+        with pytest.raises(WeightError, match=f"policy version {version} could not be fetched"):
+            weights.fetch(version, sha, holders=[])
+    finally:
+        attacker.close()
+
+
+def _random_peer_id() -> str:
+    identity = bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + NodeKey.generate().public_key  # ed25519 key
+    return PeerID(identity).to_base58()

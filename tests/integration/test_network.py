@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 
 import grpc
@@ -543,3 +544,166 @@ def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
         versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
     assert [v for v, _ in versions] == list(range(1, 31))
     assert any(json.loads(m).get("workers") == 3 for _, m in versions), versions
+
+
+def _peer_addr(port: int) -> str:
+    """A multiaddr with a well-formed, random libp2p peer id (nobody listens there)."""
+    from hivemind.p2p import PeerID
+
+    identity = bytes([0x00, 36, 0x08, 0x01, 0x12, 0x20]) + NodeKey.generate().public_key  # ed25519 key
+    return f"/ip4/127.0.0.1/tcp/{port}/p2p/{PeerID(identity).to_base58()}"
+
+
+def test_a_join_reply_carries_only_the_train_table_and_a_bounded_peer_list(network):
+    """Before, a joiner got the whole run config (join_token, state_dir, listen addresses) and every
+    live node's addresses (1,601 after 100 keys had joined with 16 each)."""
+    from swarmgrpo.coordinator.joining import MAX_INITIAL_PEERS
+
+    network.start_coordinator()
+    dht_addrs = json.loads((network.state_dir / "ports.json").read_text())["dht"]
+    for i in range(12):
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        client.join(
+            swarm_pb2.JoinRequest(
+                protocol_version=PROTOCOL_VERSION,
+                join_token=TOKEN,
+                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+                roles=[swarm_pb2.ROLE_ROLLOUT],
+                peer_addrs=[_peer_addr(1000 + 16 * i + j) for j in range(16)],
+            )
+        )
+    _, reply = _join(network)
+    config = tomllib.loads(reply.run_config_toml)
+    assert list(config) == ["train"] and config["train"]["max_steps"] == 4
+    for secret in (TOKEN, str(network.state_dir), network.address, "join_token", "state_dir"):
+        assert secret not in reply.run_config_toml
+    peers = list(reply.initial_peers)
+    assert len(peers) <= MAX_INITIAL_PEERS and peers[: len(dht_addrs)] == dht_addrs
+    assert len(peers) > len(dht_addrs), "a few live nodes' addresses come along"
+
+
+def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_joiners_still_join(network):
+    network.start_coordinator()
+    for bad in (
+        "garbage",
+        "/ip4/127.0.0.1/tcp/99999",
+        "/ip4/127.0.0.1/tcp/1/p2p/notapeer",
+        "/ip4/١.٢.٣.٤/tcp/1",
+    ):
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        with pytest.raises(CoordinatorError) as refused:
+            client.join(
+                swarm_pb2.JoinRequest(
+                    protocol_version=PROTOCOL_VERSION,
+                    join_token=TOKEN,
+                    capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
+                    roles=[swarm_pb2.ROLE_ROLLOUT],
+                    peer_addrs=[_peer_addr(4001), bad],
+                )
+            )
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert "peer_addrs" in str(refused.value) and "advertise the libp2p host's addresses" in str(
+            refused.value
+        )
+    assert _count(network, "SELECT COUNT(*) FROM nodes") == 0, "nothing of a refused Join is stored"
+    node = network.start_node("rollout", "rollout")
+    _await(
+        network,
+        "a real node joins and works",
+        lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0,
+        [node],
+    )
+
+
+def test_the_coordinator_shows_only_node_records_their_node_signed(network):
+    """Anyone who reaches the coordinator's DHT peer (every joiner is told its address) can store
+    records under the run's nodes key: forged, altered, unsigned and junk records are not shown."""
+    from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+    from swarmgrpo.protocol.dhtrecords import sign_node_record
+
+    network.start_coordinator()
+    run = "test-run"
+    dht_addrs = json.loads((network.state_dir / "ports.json").read_text())["dht"]
+    honest, victim, altered = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
+    for key in (honest, victim, altered):
+        _join(network, key)
+    record = {"peer_id": "12D3KooW", "addrs": [], "role": "rollout", "policy_version": 0}
+    record |= {"activity": "generating", "tokens_per_s": 1.5}
+    attacker = PeerHost()
+    try:
+        assert attacker.join_dht(dht_addrs) == 1
+        key = nodes_key(run)
+        attacker.announce(key, honest.node_id, sign_node_record(honest, run, record, ttl=60), ttl=60)
+        forged = sign_node_record(NodeKey.generate(), run, record | {"activity": "<b>pwned</b>"}, ttl=60)
+        attacker.announce(key, victim.node_id, forged, ttl=60)
+        changed = sign_node_record(altered, run, record, ttl=60) | {"role": "train"}
+        attacker.announce(key, altered.node_id, changed, ttl=60)
+        other_run = sign_node_record(NodeKey.generate(), "another-run", record, ttl=60)
+        attacker.announce(key, NodeKey.generate().node_id, other_run, ttl=60)
+        for i in range(50):
+            attacker.announce(key, f"junk-{i}", {"activity": "x" * 4000, "addrs": ["garbage"] * 100}, ttl=60)
+
+        def shown():
+            status = json.loads(urllib.request.urlopen(f"http://{network.http}/status", timeout=10).read())
+            return status["dht"]["announced"], status
+
+        _await(
+            network, "the coordinator reads the DHT", lambda: shown()[0], [network.coordinator], timeout=30
+        )
+        time.sleep(2.5)  # two more reads: all the records are in by now
+        announced, status = shown()
+        assert announced == {honest.node_id: record}
+        assert {n["node_id"]: n["in_dht"] for n in status["nodes"]} == {
+            honest.node_id: True,
+            victim.node_id: False,
+            altered.node_id: False,
+        }
+    finally:
+        attacker.close()
+    assert "ignored" in network.log("coordinator") and "unsigned or forged node records" in network.log(
+        "coordinator"
+    )
+
+
+def test_nodes_ride_out_a_coordinator_outage_and_finish_the_run(network):
+    """The coordinator is killed while a trainer waits for rollouts, a rollout node starts during the
+    outage, and the coordinator comes back on the same state and port: both nodes wait
+    (one clear line each about what they wait for, their key kept), go on and finish the run, with
+    no traceback. Before, a node exited with a traceback after 60 s without an answer. (No step is
+    in flight at the kill: a step whose team a restart forgets is re-synced, which is another test.)"""
+    network.start_coordinator()
+    trainer = network.start_node("trainer", "train")
+    waiting = "SELECT COUNT(*) FROM nodes WHERE activity = 'waiting for rollouts'"
+    _await(network, "the trainer waits for rollouts", lambda: _count(network, waiting) == 1, [trainer])
+    network.kill9_coordinator()
+    node = network.start_node("rollout", "rollout")
+    unreachable = f"coordinator {network.address} unreachable since"
+    _await(network, "the rollout node waits", lambda: unreachable in network.log("rollout"), [trainer, node])
+    time.sleep(3.0)  # a few more tries each
+    assert trainer.poll() is None and node.poll() is None, network.logs()
+    network.start_coordinator(timeout=240)  # it loads its tokenizer and task again: slow on a busy machine
+    assert network.wait(trainer, 240, "trainer") == 0, network.logs()
+    assert network.wait(node, 120, "rollout") == 0, network.logs()
+    assert _count(network, "SELECT MAX(version) FROM versions") == 4
+    assert _count(network, "SELECT COUNT(*) FROM nodes") == 2, "each node kept its key: no new identity"
+    for name in ("trainer", "rollout"):
+        log = network.log(name)
+        assert re.search(
+            rf"coordinator {network.address} unreachable since \d\d:\d\d:\d\d .*retrying every 5 s at most "
+            r"for as long as it takes \(key and cached weights kept\)",
+            log,
+        ), log
+        assert f"coordinator {network.address} answers again after" in log, log
+        assert "Traceback" not in log, log
+
+
+def test_a_node_leaves_with_one_line_when_its_coordinator_patience_is_spent(network):
+    network.start_coordinator()
+    node = network.start_node("rollout", "rollout", "--coordinator-patience", "3")
+    _await(network, "the node works", lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0, [node])
+    network.kill9_coordinator()
+    assert network.wait(node, 60, "rollout") == 2, network.logs()
+    log = network.log("rollout")
+    assert f"error: the coordinator at {network.address} gave no answer for" in log, log
+    assert "(--coordinator-patience 3); start the node again when it is back" in log, log
+    assert "Traceback" not in log, log

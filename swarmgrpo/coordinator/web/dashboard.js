@@ -131,7 +131,8 @@ function render(snap) {
   ].filter(Boolean).join(" · ");
   $("version").textContent = run.max_steps ? `${snap.policy_version} / ${run.max_steps}` : String(snap.policy_version);
   $("bar").value = run.max_steps ? Math.min(1, snap.policy_version / run.max_steps) : 0;
-  $("alive").textContent = `${nodes.filter((n) => n.alive).length} / ${nodes.length}`;
+  // the counts of all nodes: the list holds the most recent ones only
+  $("alive").textContent = `${snap.nodes_alive ?? nodes.filter((n) => n.alive).length} / ${snap.nodes_total ?? nodes.length}`;
   $("accepted").textContent = String(counts.rollouts_accepted ?? 0);
   $("trained").textContent = String(counts.rollouts_trained ?? 0);
   $("dropped").textContent = String(counts.rollouts_dropped_stale ?? 0);
