@@ -27,6 +27,16 @@ def _text(limits: Limits, n: int | None = None, first: str = WIDE) -> str:
     return first + WIDE * ((limits.max_string if n is None else n) - 1)
 
 
+def _longest_addr(limits: Limits) -> str:
+    """A valid multiaddr (validate.join parses them) of max_string ASCII characters, the most an
+    advertised address can be: a 253-character DNS name, then /ws and /wss to fill the length."""
+    host = ".".join(["a" * 63] * 3) + "." + "a" * 61
+    addr = f"/dns/{host}/tcp/65535"
+    rest = limits.max_string - len(addr)
+    wss, ws = rest % 3, (rest - 4 * (rest % 3)) // 3  # 4 * wss + 3 * ws == rest
+    return addr + "/wss" * wss + "/ws" * ws
+
+
 def _auth() -> swarm_pb2.Auth:
     return swarm_pb2.Auth(
         node_id=WIDE * 32,
@@ -54,7 +64,7 @@ def _join(limits: Limits) -> swarm_pb2.JoinRequest:
         ),
         roles=[swarm_pb2.ROLE_TRAIN] * MAX_ROLES,
         peer_id=_text(limits),
-        peer_addrs=[_text(limits)] * limits.max_addrs,
+        peer_addrs=[_longest_addr(limits)] * limits.max_addrs,
         software_version=_text(limits),
     )
 
@@ -105,6 +115,10 @@ def largest_requests(limits: Limits, groups_per_submit: int) -> dict[str, object
             attempt=U32,
             weight_hash_fp8="f" * 64,
             set_aside_prompts=[U64] * limits.max_set_aside,
+            weight_bytes=U64,
+            weight_bytes_fp8=U64,
+            state_hash="f" * 64,
+            state_bytes=U64,
         ),
         "Leave": swarm_pb2.LeaveRequest(auth=_auth(), reason=_text(limits)),
         "Status": swarm_pb2.StatusRequest(),
