@@ -126,7 +126,9 @@ def run(args, compression: str, seed: int) -> list[float]:
                 for step, shard in zip(steps, shards, strict=True):
                     step.compute_gradients(shard)
                 futures = [
-                    pool.submit(a.average, f"{compression}/{seed}/{t}", members, i, s.shard_weight(shard))
+                    pool.submit(
+                        s.reduce, a.average, f"{compression}/{seed}/{t}", members, i, s.shard_weight(shard)
+                    )
                     for i, (a, s, shard) in enumerate(zip(averagers, steps, shards, strict=True))
                 ]
                 for f in futures:

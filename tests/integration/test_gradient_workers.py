@@ -59,7 +59,7 @@ def _train(loss_type: str, shard_of=None, averager_for=None) -> torch.Tensor:
         mine = shard_of(groups) if shard_of else groups
         step.compute_gradients(mine)
         if averager:
-            averager(s, step.shard_weight(mine))
+            step.reduce(averager, s, step.shard_weight(mine))
         step.apply()
     return _flat_weights(model)
 
