@@ -21,7 +21,7 @@ def render(snap: dict) -> str:
     if dht:
         lines.append(
             f"DHT: coordinator peer {dht.get('peer_id', '?')[:12]}…, "
-            f"{len(dht.get('announced', {}))} nodes announced"
+            f"{dht.get('announced_total', len(dht.get('announced', {})))} nodes announced"
         )
     lines.append(
         f"{'node':10} {'role':14} {'hardware':9} {'alive':5} {'policy':>6} {'stale':>5} {'tok/s':>7} {'tokens':>8} "
@@ -36,4 +36,7 @@ def render(snap: dict) -> str:
             f"{n.get('staleness', 0):>5} {n['tokens_per_s']:>7.0f} {n['tokens_generated']:>8} "
             f"{n['rollouts_accepted']:>8} {n['steps_trained']:>5}  {n['activity']}"
         )
+    shown, total = len(snap.get("nodes", [])), snap.get("nodes_total", 0)
+    if total > shown:
+        lines.append(f"… {total - shown} more nodes not listed (the {shown} alive or seen last are)")
     return "\n".join(lines)

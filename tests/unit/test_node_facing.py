@@ -113,3 +113,14 @@ def test_bounded_cuts_strings_and_lists_and_keeps_numbers():
     assert len(cut["a"]) == status.MAX_TEXT and cut["a"].endswith("…")
     assert cut["b"] == list(range(status.MAX_ITEMS)) and cut["c"] == 1.5
     assert cut["d"]["e"] == ["y" * (status.MAX_TEXT - 1) + "…"] * status.MAX_ITEMS
+
+
+def test_swarmgrpo_status_says_how_many_nodes_it_does_not_list():
+    from swarmgrpo.coordinator.view import render
+
+    node = {"node_id": "a" * 32, "roles": ["ROLE_ROLLOUT"], "capabilities": {"device": "cpu"}, "alive": True}
+    node |= {"policy_version": 0, "tokens_per_s": 1.0, "tokens_generated": 1, "rollouts_accepted": 1}
+    node |= {"steps_trained": 0, "activity": "generating"}
+    text = render({"nodes": [node], "nodes_total": 110, "dht": {"peer_id": "p", "announced_total": 7}})
+    assert "7 nodes announced" in text and "109 more nodes not listed" in text
+    assert "more nodes" not in render({"nodes": [node], "nodes_total": 1})
