@@ -33,13 +33,22 @@ class Limits:
     max_addrs: int = 16
     max_wait_s: float = 30.0
     max_set_aside: int = 1024
-    min_logprob: float = math.log(2.0**-126)
-    """The lowest log-prob a sampled token may claim, ln of the smallest normal float32 (-87.34).
+    max_unlikely_draw: float = 1e-12
+    """The chance, per token, that an honest engine's draw falls below `min_logprob`."""
 
-    An engine draws from float32 probabilities, and the chance that any draw lands on a token of
-    probability < p is below vocab_size * p: 5.8e-34 per token for a 49k vocabulary at this bound,
-    whatever the temperature. Above it, exp(logp - behavior_logp) stays a finite float32 (logp <= 0),
-    so a node's log-probs cannot make the trainer's importance ratio overflow (-1e30 gave inf)."""
+    @property
+    def min_logprob(self) -> float:
+        """The lowest log-prob a sampled token may claim: ln(max_unlikely_draw / vocab_size), -38.4
+        for SmolLM2's 49,152 tokens.
+
+        Tokens less likely than p = e^min_logprob hold together less than vocab_size * p of the
+        sampling distribution, so an engine draws one with probability below `max_unlikely_draw`
+        per token, whatever the temperature, top-p or top-k (they only raise the sampled tokens'
+        probabilities): one in a billion 1,024-token completions. A claim below it is a forgery (or
+        a broken engine). It also keeps exp(logp - behavior_logp) a finite float32 (logp <= 0), so a
+        node's log-probs cannot make the trainer's importance ratio overflow (-1e30 gave inf, -50 a
+        ratio of 1e17 before the ratio cap)."""
+        return math.log(self.max_unlikely_draw / self.vocab_size)
 
 
 def _check(ok: bool, field: str, problem: str, fix: str) -> None:

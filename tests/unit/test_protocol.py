@@ -206,7 +206,7 @@ def test_replay_is_refused_after_a_restart(key):
 def test_valid_submit_passes(key):
     validate.submit(key.sign("Submit", submit_request()), LIMITS, LEASED)
     rare = submit_request()
-    rare.groups[0].completions[0].logprobs[0] = -87.3  # a token of probability 1.2e-38 may be drawn
+    rare.groups[0].completions[0].logprobs[0] = -32.2  # at ln(1e-12 / 100 tokens) = -32.24 a draw may land
     validate.submit(key.sign("Submit", rare), LIMITS, LEASED)
     partial = submit_request()
     del partial.groups[0]  # a partial submission returns the rest to the pool
@@ -225,7 +225,8 @@ BAD_SUBMITS = [  # (mutation of a valid request, the field its error names, word
     ("r.groups[0].completions[0].logprobs[0] = inf", f"{C00}.logprobs", ": inf is not a sampled"),
     ("r.groups[0].completions[0].logprobs[0] = -inf", f"{C00}.logprobs", ": -inf is not a sampled"),
     ("r.groups[0].completions[0].logprobs[0] = -1e30", f"{C00}.logprobs", "e+30 is not a sampled"),
-    ("r.groups[0].completions[0].logprobs[2] = -87.4", f"{C00}.logprobs", "(-87.34..0)"),
+    ("r.groups[0].completions[0].logprobs[2] = -32.3", f"{C00}.logprobs", "(-32.24..0)"),
+    ("r.groups[0].completions[0].logprobs[1] = -50", f"{C00}.logprobs", "-50.0 is not a sampled"),
     ("r.groups[0].completions[1].logprobs.pop()", f"{C01}.logprobs", "2 log-probs for 3 tokens"),
     ("r.groups[1].completions[1].CopyFrom(completion([1]*6, [0]*6))", f"{C11}.token_ids", "6 tokens > "),
     ("r.groups[1].completions.append(completion())", "groups[1].completions", "3 completions, the run's"),
