@@ -807,7 +807,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             )
 
     def _void(self, v: int, team: StepTeam) -> None:
-        hashes = sorted({h[:12] for (h, _), _ in team.reports.values()})
+        hashes = sorted({agreed_on[0][:12] for agreed_on, _ in team.reports.values()})
         team.restart()
         self._notify()
         log.warning(
