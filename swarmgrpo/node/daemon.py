@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import torch
 from safetensors.torch import load_file
 
@@ -47,7 +48,7 @@ from swarmgrpo.node.weights import (
     views,
 )
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
-from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorUnreachable
+from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
 from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.dhtrecords import sign_node_record
 from swarmgrpo.protocol.errors import UserError
@@ -110,7 +111,9 @@ class Node:
         self.state_dir = Path(opts.state_dir).expanduser()
         self.key = NodeKey.load_or_create(self.state_dir / "node.key")
         self.stop = threading.Event()
-        self.client = CoordinatorClient(opts.join, self.key, opts.coordinator_patience_s, self.stop)
+        self.client = CoordinatorClient(
+            opts.join, self.key, opts.coordinator_patience_s, self.stop, busy_patience_s=math.inf
+        )
         self.version = 0
         self.activity = "starting"
         self.tokens_per_s = 0.0
@@ -491,7 +494,14 @@ class Node:
                 self._wait(lease.retry_after_s)
                 self._catch_up()
                 continue
-            reply = self.client.submit(self.generate(lease))
+            try:
+                reply = self.client.submit(self.generate(lease))
+            except CoordinatorError as e:
+                if e.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                # scoring it took more CPU than the run allows: the prompts went to other nodes
+                log.warning("submission refused: %s", e)
+                continue
             if reply.status == swarm_pb2.SUBMIT_ACCEPTED:
                 rewards = [r for g in reply.rewards for r in g.rewards]
                 log.info(
@@ -659,3 +669,5 @@ def main(opts: NodeOptions) -> None:
         if not e.stopped:
             raise UserError(str(e)) from None
         log.info("%s; left without a goodbye (the coordinator expires the leases)", e)
+    except CoordinatorError as e:  # a refusal the node cannot act on (a full train role, a bad token)
+        raise UserError(str(e)) from None

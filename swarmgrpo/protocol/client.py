@@ -3,14 +3,17 @@
 A coordinator that restarts (even after kill -9) comes back with its state, so a call that gets no
 answer (UNAVAILABLE, or no reply before its deadline) is sent again, with a fresh nonce, every
 RETRY_CAP_S at most, for `patience_s` (default: as long as it takes) or until `stop` is set; the
-first miss logs one line saying what the node waits for, and every MINUTE another. Every other error
-is raised as `CoordinatorError` with the coordinator's sentence.
+first miss logs one line saying what the node waits for, and every MINUTE another. A refusal that
+says when to retry (RESOURCE_EXHAUSTED "... retry in N s": the coordinator's rate limits) is sent again
+after that long, for `busy_patience_s` (0 by default: raised at once; the daemon waits as long as it
+takes). Every other error is raised as `CoordinatorError` with the coordinator's sentence.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 
@@ -24,6 +27,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RETRY_CAP_S = 5.0
 NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 REMIND_S = 60.0
+RETRY_IN = re.compile(r"retry in ([0-9]+(?:\.[0-9]+)?) s")
 
 
 class CoordinatorError(Exception):
@@ -48,10 +52,12 @@ class CoordinatorClient:
         key: NodeKey,
         patience_s: float = math.inf,
         stop: threading.Event | None = None,
+        busy_patience_s: float = 0.0,
     ):
         self.address = address
         self.key = key
         self.patience_s = patience_s
+        self.busy_patience_s = busy_patience_s
         self.stop = stop or threading.Event()
         self._outage = threading.Lock()
         self._down_since: float | None = None  # wall clock of the first unanswered call
@@ -76,6 +82,13 @@ class CoordinatorClient:
             try:
                 reply = getattr(self.stub, method)(request, timeout=timeout)
             except grpc.RpcError as e:
+                busy = self._busy_wait(e, time.monotonic() - started)
+                if busy is not None:
+                    if self.stop.wait(busy):
+                        raise CoordinatorUnreachable(
+                            f"stopped while the coordinator at {self.address} asked to wait", stopped=True
+                        ) from None
+                    continue
                 if e.code() not in NO_ANSWER:
                     raise CoordinatorError(e.code(), e.details() or "") from None
                 self._unanswered(method, e, time.monotonic() - started, delay)
@@ -87,6 +100,22 @@ class CoordinatorClient:
                 continue
             self._answered()
             return reply
+
+    def _busy_wait(self, error: grpc.RpcError, waited: float) -> float | None:
+        """Seconds to wait before sending again a request the coordinator's rate limit refused, or
+        None to raise it (not a rate limit, or `busy_patience_s` spent)."""
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return None
+        found = RETRY_IN.search(error.details() or "")
+        if found is None:
+            return None
+        wait = min(float(found.group(1)), RETRY_CAP_S)
+        if waited + wait > self.busy_patience_s:
+            return None
+        log.info(
+            "the coordinator asks this node to slow down (%s); sending again in %.1f s", error.details(), wait
+        )
+        return wait
 
     def _unanswered(self, method: str, error: grpc.RpcError, waited: float, delay: float) -> None:
         """Log the outage (once, then every REMIND_S); raise when the node's patience is spent."""
