@@ -221,7 +221,7 @@ def test_status_stays_bounded_however_many_keys_join_with_long_fields(network):
     long_text = "x" * 512
 
     def join_one(i):
-        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
+        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20, busy_patience_s=60)
         client.join(
             swarm_pb2.JoinRequest(
                 protocol_version=PROTOCOL_VERSION,
