@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from swarmgrpo.protocol.signing import DOMAIN, NodeKey, node_id_of
 
 MAX_TTL_S = 24 * 3600.0
+CLOCK_SLACK_S = (
+    120.0  # a node's clock may be this far off the reader's (the coordinator's default max_clock_skew_s)
+)
 """A record claiming to live longer than this is refused (a node announces every heartbeat)."""
 MAX_ADDRS = 16
 MAX_TEXT = 512
@@ -70,7 +73,7 @@ def verify_node_record(
     if problem:
         return None, problem
     now = time.time() if now is None else now
-    if not now < value["expires"] <= now + MAX_TTL_S:
+    if not now - CLOCK_SLACK_S < value["expires"] <= now + MAX_TTL_S + CLOCK_SLACK_S:
         return None, "expired, or claims to live too long"
     fields = {k: v for k, v in value.items() if k != "sig"}
     sig = value["sig"]

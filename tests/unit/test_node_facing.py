@@ -14,7 +14,7 @@ from swarmgrpo.coordinator.joining import (
     node_config_toml,
 )
 from swarmgrpo.protocol.configtree import render_toml
-from swarmgrpo.protocol.dhtrecords import MAX_TTL_S, sign_node_record, verify_node_record
+from swarmgrpo.protocol.dhtrecords import CLOCK_SLACK_S, MAX_TTL_S, sign_node_record, verify_node_record
 from swarmgrpo.protocol.multiaddrs import problem
 from swarmgrpo.protocol.signing import NodeKey
 
@@ -66,6 +66,8 @@ def test_a_node_record_verifies_only_with_its_node_key_run_and_fields():
     key, other = NodeKey.generate(), NodeKey.generate()
     signed = sign_node_record(key, "run", RECORD, ttl=30, now=1000.0)
     assert verify_node_record("run", key.node_id, signed, key.public_key, now=1010.0) == (RECORD, "")
+    # a node whose clock runs behind the reader's (within the RPCs' skew) is still shown
+    assert verify_node_record("run", key.node_id, signed, key.public_key, now=1060.0)[0] == RECORD
     refusals = {
         "another key": verify_node_record(
             "run", key.node_id, sign_node_record(other, "run", RECORD, 30, 1000.0), key.public_key, now=1010.0
@@ -76,7 +78,7 @@ def test_a_node_record_verifies_only_with_its_node_key_run_and_fields():
         "altered": verify_node_record(
             "run", key.node_id, signed | {"role": "train"}, key.public_key, now=1010.0
         ),
-        "expired": verify_node_record("run", key.node_id, signed, key.public_key, now=1031.0),
+        "expired": verify_node_record("run", key.node_id, signed, key.public_key, now=1031.0 + CLOCK_SLACK_S),
         "extra field": verify_node_record("run", key.node_id, signed | {"x": 1}, key.public_key, now=1010.0),
         "no signature": verify_node_record(
             "run", key.node_id, dict(signed, sig="s"), key.public_key, now=1010.0
