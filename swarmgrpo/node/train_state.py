@@ -146,7 +146,9 @@ def fetch(
             )
             state = unpack(data)
         except Exception as e:
-            if not isinstance(e, NotHeld):
+            # a holder that does not hold it, or a rollout node (it serves no training state), has not
+            # failed this node: its rank for weight files stays as it was
+            if not isinstance(e, NotHeld) and "protocols not supported" not in str(e):
                 host.ranking.failed(holder.peer_id)
             reason = (
                 f"did not send the file within {deadline:.0f} s" if isinstance(e, TimeoutError) else str(e)
