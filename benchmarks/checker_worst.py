@@ -1,6 +1,6 @@
 """The answer checker on the worst completions known for it: CPU per completion and per submission.
 
-    python benchmarks/checker_worst.py                           # 1024 tokens, arithmetic and countdown
+    python benchmarks/checker_worst.py                           # 1024 tokens, arithmetic, countdown, uppercase
     python benchmarks/checker_worst.py --tokens 4096 --tasks arithmetic
 
 Each completion is token ids of the run's tokenizer (SmolLM2's, as the tiny model), a head, a filler
@@ -49,7 +49,7 @@ def cpu_ms(fn, repeat: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=1024, help="tokens per completion (max_completion_length)")
-    p.add_argument("--tasks", nargs="+", default=["arithmetic", "countdown"])
+    p.add_argument("--tasks", nargs="+", default=["arithmetic", "countdown", "uppercase"])
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
     tokenizer = load_tokenizer("tiny")
