@@ -8,6 +8,7 @@ slow, so they only see short strings.
 
 import random
 import re
+import string
 import time
 
 import pytest
@@ -21,6 +22,7 @@ from swarmgrpo.trainer.tasks.extract import (
     last_number,
     parse_fraction,
 )
+from swarmgrpo.trainer.tasks.uppercase import uppercase_share
 
 ALPHABET = [*"0123456789,.-/=$:#{} \n\tx", "\\boxed{", "<answer>", "</answer>", "the answer is ", "final "]
 
@@ -31,6 +33,7 @@ _REF_NUMBER_IN_TEXT = re.compile(
 _REF_PHRASE = re.compile(
     rf"(?:the\s+(?:final\s+)?answer\s+is|=)\s*:?\s*\$?\s*{_NUM}\s*\$?\s*\.?\s*$", re.IGNORECASE
 )
+_UPPERCASE = frozenset(string.ascii_uppercase + " ")
 _REF_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 
 
@@ -121,6 +124,7 @@ def _score_all(text: str) -> None:
     extract_answer(text)
     has_answer_format(text)
     extract_expression(text)
+    uppercase_share(text)
 
 
 @pytest.mark.parametrize("name", sorted(WORST))
@@ -129,3 +133,12 @@ def test_cost_grows_linearly_with_the_text(name):
     make = WORST[name]
     small, large = make(4000), make(32000)
     assert _cpu_s(_score_all, large) <= 24 * _cpu_s(_score_all, small) + 0.002, name
+
+
+def test_uppercase_share_agrees_with_counting_each_character():
+    rng = random.Random(3)
+    for _ in range(2000):
+        text = random_text(rng, rng.randint(0, 30), [*"aAzZ  \t\n.!", "\u00e9", "\u00c9"])
+        stripped = text.strip()
+        expected = sum(ch in _UPPERCASE for ch in stripped) / len(stripped) if stripped else 0.0
+        assert uppercase_share(text) == expected, text

@@ -14,13 +14,18 @@ from swarmgrpo.trainer.tasks.registry import register_task
 from swarmgrpo.trainer.tasks.synthetic import SyntheticTask
 
 _ALLOWED = frozenset(string.ascii_uppercase + " ")
+_DROP_ALLOWED = str.maketrans("", "", string.ascii_uppercase + " ")
 _TOPICS = ("river", "mountain", "city", "forest", "ocean", "desert", "garden", "market", "library", "harbor")
 _STYLES = ("describe", "praise", "name three things about", "write a line about", "say hello to")
 
 
 def uppercase_share(completion: str) -> float:
     text = completion.strip()
-    return sum(ch in _ALLOWED for ch in text) / len(text) if text else 0.0
+    if not text:
+        return 0.0
+    if text.isascii():  # in C: a completion may be 64 characters a token (runs of spaces)
+        return (len(text) - len(text.translate(_DROP_ALLOWED))) / len(text)
+    return sum(ch in _ALLOWED for ch in text) / len(text)
 
 
 @register_task("uppercase")
