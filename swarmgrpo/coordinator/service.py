@@ -100,6 +100,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         self.status_fn = status_fn
         self.dht_addrs = list(dht_addrs or [])
         self.teams: dict[int, StepTeam] = {}
+        self._team_wait: dict[int, float] = {}  # step -> when its first worker asked (see _syncing_trainers)
         self.train_devices: dict[str, str] = {}  # node id -> the device its TrainBatch calls named
         self.line = LeaseLine(grace_s=max(2.0, cfg.heartbeat_interval_s))
         self._changed = asyncio.Event()  # set (and replaced) whenever work or the policy moves
@@ -643,6 +644,12 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             return reply
         team = self.teams.get(v)
         lost = team is not None and not team.reports and not self._any_alive(team.members)
+        if team is None:
+            syncing = self._syncing_trainers(v, node_id, devices)
+            if syncing:
+                reply.status, reply.retry_after_s = swarm_pb2.BATCH_WAIT, 0.25
+                reply.message = f"step {v} waits for {len(syncing)} trainers copying version {v}'s state"
+                return reply
         if team is None or (lost and not request.missing_node_ids):
             # none yet, or every worker of it died before reporting: the ones here form it again (not
             # from a call retrying an all-reduce, whose worker still holds its old shard's gradient)
@@ -697,6 +704,25 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
             for n in self._live_nodes(asking)
             if "ROLE_TRAIN" in n["roles"] or n["node_id"] == asking
         }
+
+    def _syncing_trainers(self, step: int, asking: str, devices: dict[str, str]) -> list[str]:
+        """Live trainers of the asking one's device type still copying an older state, while the step's
+        team waits for them: at most 2 heartbeat intervals from the step's first ask. Without the wait a
+        worker that re-syncs (a late joiner, one left out of a step) finds the others already training
+        the next step whenever its batch was sampled ahead, and chases them step after step."""
+        first = self._team_wait.setdefault(step, time.monotonic())
+        self._team_wait = {s: t for s, t in self._team_wait.items() if s >= step}
+        if time.monotonic() - first > 2 * self.cfg.heartbeat_interval_s:
+            return []
+        kind = devices[asking]
+        return [
+            n["node_id"]
+            for n in self._live_nodes()
+            if n["node_id"] != asking
+            and devices.get(n["node_id"]) == kind
+            and n["peer_id"]
+            and n["policy_version"] < step
+        ]
 
     def _form_team(
         self, step: int, batch, asking: str, devices: dict[str, str], attempt: int = 0
