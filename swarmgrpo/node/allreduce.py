@@ -70,6 +70,7 @@ MIN_STREAM_BYTES = 256 * 1024  # parts smaller than this x streams use fewer str
 LINGER_S = 2.0  # `close` keeps taking parts until none has come for this long
 SEGMENT_VALUES = 1 << 21  # a slice travels in segments of at most this many values (see `_run`)
 SEND_WINDOW = 2  # segments in flight to one member, per phase
+FINISHED_ROUNDS = 256  # rounds remembered as ended here, so late parts of them are dropped
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class AllReduce:
         self._held: dict[tuple[tuple, str], _Part] = {}  # (key, peer) -> part of a round not started here
         self._rounds: dict[str, Layout] = {}  # the rounds running here
         self._refused: dict[str, dict[int, str]] = {}  # round -> {member: why its part was refused}
+        self._finished: dict[str, None] = {}  # the last FINISHED_ROUNDS rounds that ended here
         self._arrived: asyncio.Condition | None = None
         self._last_part = 0.0  # monotonic time a stream last delivered a range (see `close`)
         host.call(self._register())
@@ -188,7 +190,7 @@ class AllReduce:
                 return swarm_pb2.AllReduceAck(
                     error=f"chunk ends at {end}, past the part's {head.total_bytes} bytes"
                 )
-            if part is not None:
+            if part is not None:  # None: a part of a round that ended here, taken and dropped
                 part.buf[msg.offset : end] = msg.data
             size += len(msg.data)
         if head is None or refused:
@@ -198,17 +200,14 @@ class AllReduce:
         self._last_part = time.monotonic()
         return swarm_pb2.AllReduceAck()
 
-    async def _admit(self, msg: swarm_pb2.AllReducePart, peer: str) -> _Part | str:
-        """Where the part `msg` announces goes: a buffer (new, or the one its other ranges are in), or
-        why it is refused (see `allreduce_parts`). A part of a round that is not running here is held
-        within the early-part bounds, also when the round ended here: a member whose claim that a peer
-        was missing is not believed runs the round again under the same id, and the peer's parts of
-        that retry may come before this member opens it again (dropped, they were never resent)."""
+    async def _admit(self, msg: swarm_pb2.AllReducePart, peer: str) -> _Part | str | None:
+        """Where the part `msg` announces goes: a buffer (new, or the one its other ranges are in),
+        None (its round ended here: read and dropped), or why it is refused (see `allreduce_parts`)."""
         key = _key(msg)
         async with self._arrived:
             layout = self._rounds.get(msg.round_id)
             if layout is None:
-                return self._hold(key, msg, peer)
+                return None if msg.round_id in self._finished else self._hold(key, msg, peer)
             refused = refusal(layout, key, peer, msg.total_bytes, msg.weight)
             if refused is not None:
                 self._refuse(msg.round_id, refused)
@@ -254,6 +253,7 @@ class AllReduce:
         round_id, now = layout.round_id, time.monotonic()
         async with self._arrived:
             self._rounds[round_id] = layout
+            self._finished.pop(round_id, None)
             for key, peer in [k for k in self._held if k[0][0] == round_id]:
                 part = self._held.pop((key, peer))
                 refused = refusal(layout, key, peer, len(part.buf), part.weight)
@@ -268,6 +268,9 @@ class AllReduce:
         async with self._arrived:
             self._rounds.pop(round_id, None)
             self._refused.pop(round_id, None)
+            self._finished[round_id] = None
+            while len(self._finished) > FINISHED_ROUNDS:
+                del self._finished[next(iter(self._finished))]
             for key in [k for k in self._inbox if k[0] == round_id]:
                 del self._inbox[key]
             for key in [k for k in self._partial if k[0] == round_id]:

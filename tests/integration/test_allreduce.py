@@ -223,37 +223,6 @@ def test_a_range_sent_twice_is_placed_once():
         host.close()
 
 
-def test_a_part_of_a_round_retried_under_its_id_is_kept_until_the_retry_opens():
-    """A member whose claim that a peer was missing is not believed runs the round again under the
-    same id; the peer's part of that retry can arrive after the first try ended here and before the
-    retry opens: it is held, not dropped (dropped, it was acknowledged and never sent again)."""
-    host = PeerHost()
-    reducer = AllReduce(host, timeout=5)
-    try:
-        data = compression.encode("none", _vector(1, 512))
-        sender = "sender-peer"
-        layout = Layout("again", (host.peer_id, sender), 0, "none", 1024, 1024)
-        head = swarm_pb2.AllReducePart(
-            round_id="again", phase=0, part=0, sender=1, weight=1.0, total_bytes=len(data)
-        )
-        key = ("again", 0, 0, 1, 0)
-
-        async def retried():
-            await reducer._open(layout)
-            await reducer._end("again")  # the first try failed here
-            part = await reducer._admit(head, sender)  # the peer's retry, before ours opens
-            part.buf[:] = data
-            await reducer._piece(key, part, 0, len(data))
-            await reducer._open(layout)  # our retry
-            return await reducer._wait({key}, time.monotonic() + 5)
-
-        weight, got = host.call(retried())[key]
-        assert (weight, bytes(got)) == (1.0, data)
-    finally:
-        reducer.close()
-        host.close()
-
-
 def test_a_failed_stream_sends_only_its_range_again():
     """A part goes over parallel streams, one byte range each; when one stream fails (here the
     receiver refuses its first delivery of the second range), the sender sends that range again,
