@@ -94,13 +94,13 @@ def peer_main(args) -> None:
     """One peer: print its address; per command line, run rounds and print their figures."""
     import torch
 
-    from swarmgrpo.node.allreduce import AllReduceError, Member
-    from swarmgrpo.node.gradients import GradientAverager
-    from swarmgrpo.node.p2p_host import PeerHost
+    from swarmgrpo.p2p.allreduce import AllReduceError, Member
+    from swarmgrpo.p2p.gradients import GradientAverager
+    from swarmgrpo.p2p.host import PeerHost
 
     torch.set_num_threads(1)
     logging.basicConfig(format=f"peer {os.getpid()}: %(message)s")
-    logging.getLogger("swarmgrpo.node.allreduce").setLevel(logging.INFO)  # retried sends, if any
+    logging.getLogger("swarmgrpo.p2p.allreduce").setLevel(logging.INFO)  # retried sends, if any
     shapes = _shapes(args.model)
     params = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(s)) for s in shapes])
     host = PeerHost([args.listen])

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from swarmgrpo.node.allreduce import Member
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
-from swarmgrpo.node.gradients import COMPRESSIONS, GradientAverager
-from swarmgrpo.node.p2p_host import PeerHost
 from swarmgrpo.node.solo import rollout
+from swarmgrpo.p2p.allreduce import Member
+from swarmgrpo.p2p.gradients import COMPRESSIONS, GradientAverager
+from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.step import GRPOStep

@@ -35,9 +35,9 @@ import sys
 import torch
 from compression_parity import run_config  # benchmarks/, beside this script
 
-from swarmgrpo.node import compression
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
 from swarmgrpo.node.solo import rollout
+from swarmgrpo.p2p import compression
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.step import GRPOStep
@@ -96,7 +96,7 @@ def displacement(grads, codec: str | None, optimizer: str, cfg: TrainConfig):
         if codec is not None:
             target = g + residual
             sent = torch.empty_like(g)
-            compression.decode_into(compression.encode(codec, target), sent)
+            compression.decode_part_into(compression.encode_part(codec, target), sent)
             residual = target - sent
         zeroed += (sent == 0) & (g != 0)
         nonzero += g != 0

@@ -33,6 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from swarmgrpo.core import device as device_info
 from swarmgrpo.trainer import fp8
 
 SHAPES = {
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     cap = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
     print(f"# {where} (compute capability {cap}), torch {torch.__version__}")
-    if device.type == "cuda" and not fp8.fp8_capable(device):
+    if device.type == "cuda" and not device_info.fp8_capable(device):
         print("# this GPU has no FP8 matmul (compute capability < 8.9): the FP8 figures will fail")
 
     print(f"\n## forward + backward of one layer, {args.tokens} tokens, median of {args.reps}")

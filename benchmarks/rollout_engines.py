@@ -93,7 +93,7 @@ def bench_prompts(args) -> list[list[int]]:
     """The run's first prompts, encoded as the coordinator encodes them."""
     import itertools
 
-    from swarmgrpo.protocol.configtree import load_config
+    from swarmgrpo.core.configtree import load_config
     from swarmgrpo.trainer.config import TrainConfig
     from swarmgrpo.trainer.models import load_tokenizer
     from swarmgrpo.trainer.prompts import encode_chat

@@ -101,9 +101,9 @@ def bench_examples(args: argparse.Namespace):
 
 
 def run_ours(args: argparse.Namespace) -> dict:
+    from swarmgrpo.core.configtree import load_config
     from swarmgrpo.node.engines.choose import build_engine
     from swarmgrpo.node.solo import rollout
-    from swarmgrpo.protocol.configtree import load_config
     from swarmgrpo.trainer.config import TrainConfig
     from swarmgrpo.trainer.models import load_model
     from swarmgrpo.trainer.step import GRPOStep

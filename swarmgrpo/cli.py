@@ -10,7 +10,7 @@ import json
 import math
 import sys
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from swarmgrpo.protocol.configtree import load_config, render_toml
+    from swarmgrpo.core.configtree import load_config, render_toml
     from swarmgrpo.trainer.config import TrainConfig
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -140,9 +140,9 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from swarmgrpo.core.configtree import from_dict, parse_override, set_dotted
     from swarmgrpo.node.engines.transformers_engine import TransformersEngine
     from swarmgrpo.node.evaluate import evaluate
-    from swarmgrpo.protocol.configtree import from_dict, parse_override, set_dotted
     from swarmgrpo.trainer.models import load_model
     from swarmgrpo.trainer.tasks import TaskConfig, make_task
 
@@ -200,7 +200,7 @@ def _logging() -> None:
 
 def _coordinator(args) -> int:
     from swarmgrpo.coordinator.config import RunConfig
-    from swarmgrpo.protocol.configtree import load_config, render_toml
+    from swarmgrpo.core.configtree import load_config, render_toml
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     if args.print_config:
@@ -244,8 +244,8 @@ def _demo(args) -> int:
     from pathlib import Path
 
     from swarmgrpo.coordinator.config import RunConfig
+    from swarmgrpo.core.configtree import load_config
     from swarmgrpo.demo import run
-    from swarmgrpo.protocol.configtree import load_config
 
     if args.rollout_nodes < 1:
         raise UserError("--rollout-nodes must be at least 1")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.view import render
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.localnet import Processes
-from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 
@@ -53,7 +53,7 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
     cfg.state_dir = str(out / "coordinator")
     cfg.join_token = cfg.join_token or secrets.token_hex(8)
     config_path = out / "run.toml"
-    from swarmgrpo.protocol.configtree import render_toml
+    from swarmgrpo.core.configtree import render_toml
 
     config_path.write_text(render_toml(cfg))
     summary: dict = {"processes": 2 + rollout_nodes}

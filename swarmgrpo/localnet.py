@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 
 class Processes:

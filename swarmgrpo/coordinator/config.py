@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.config import TrainConfig
 
 

@@ -12,7 +12,7 @@ import random
 import tomllib
 from collections.abc import Sequence
 
-from swarmgrpo.protocol.configtree import from_dict, render_toml
+from swarmgrpo.core.configtree import from_dict, render_toml
 from swarmgrpo.trainer.config import TrainConfig
 
 MAX_BOOTSTRAP_NODES = 4

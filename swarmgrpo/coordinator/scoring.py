@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 # (example as stored, token ids of each completion) for each group of one submission
 Groups = list[tuple[dict, list[list[int]]]]

@@ -31,9 +31,9 @@ from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.scoring import Scorer
 from swarmgrpo.coordinator.service import CoordinatorService, Run
 from swarmgrpo.coordinator.store import Store
-from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+from swarmgrpo.core.errors import UserError
+from swarmgrpo.p2p.host import PeerHost, nodes_key
 from swarmgrpo.protocol.dhtrecords import verify_node_record
-from swarmgrpo.protocol.errors import UserError
 
 log = logging.getLogger("swarmgrpo.coordinator")
 MAX_REPLY_BYTES = 64 * 1024 * 1024

@@ -32,8 +32,8 @@ from swarmgrpo.coordinator.leaseline import LeaseLine, lease_size
 from swarmgrpo.coordinator.scoring import OverBudget, Scorer
 from swarmgrpo.coordinator.store import MANIFEST, Lease, Store
 from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_roles, pick_members
+from swarmgrpo.core.configtree import render_toml
 from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
-from swarmgrpo.protocol.configtree import render_toml
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
 
 log = logging.getLogger("swarmgrpo.coordinator")

@@ -26,32 +26,32 @@ import torch
 from safetensors.torch import load_file
 
 import swarmgrpo
-from swarmgrpo.node import train_state
-from swarmgrpo.node.allreduce import AllReduceError, Member
+from swarmgrpo.core.configtree import from_dict
+from swarmgrpo.core.device import probe, resolve_device
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.node.engines.base import Engine, SamplingParams
 from swarmgrpo.node.engines.choose import build_engine
-from swarmgrpo.node.gradients import GradientAverager
-from swarmgrpo.node.hardware import probe
-from swarmgrpo.node.p2p_host import PeerHost, nodes_key
-from swarmgrpo.node.p2p_weights import P2PWeights
-from swarmgrpo.node.train_state import TrainStateServer
-from swarmgrpo.node.weights import (
+from swarmgrpo.p2p import train_state
+from swarmgrpo.p2p.allreduce import AllReduceError, Member
+from swarmgrpo.p2p.gradients import GradientAverager
+from swarmgrpo.p2p.host import PeerHost, nodes_key
+from swarmgrpo.p2p.train_state import TrainStateServer
+from swarmgrpo.p2p.weight_transfer import P2PWeights
+from swarmgrpo.p2p.weights import (
     FP8,
     FileWeights,
     WeightError,
     WeightTransport,
     copy_weights,
     dequantized,
-    encode,
+    encode_model,
     load_into,
     to_fp8,
     views,
 )
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError, CoordinatorUnreachable
-from swarmgrpo.protocol.configtree import from_dict
 from swarmgrpo.protocol.dhtrecords import sign_node_record
-from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.checkpoint import (
     CheckpointError,
@@ -62,7 +62,7 @@ from swarmgrpo.trainer.checkpoint import (
     save_checkpoint,
 )
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model, model_device, resolve_device
+from swarmgrpo.trainer.models import load_model, model_device
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep
 
@@ -402,7 +402,7 @@ class Node:
             self._wait(0.5)
             policy = self.client.policy()
         copy_weights(self.model, state["model"])
-        data, sha = encode(self.model, self.opts.weights_dtype)
+        data, sha = encode_model(self.model, self.opts.weights_dtype)
         if sha != policy.weight_hash:
             log.warning(
                 "the agreed training state of policy %d does not encode to its weight hash: taking the "
@@ -466,7 +466,7 @@ class Node:
         if loaded.unexpected_keys or set(loaded.missing_keys) - tied:
             log.warning("checkpoint %s does not fit the run's model: syncing from peers", ckpt)
             return None
-        data, sha = encode(self.model, self.opts.weights_dtype)
+        data, sha = encode_model(self.model, self.opts.weights_dtype)
         if sha != policy.weight_hash:
             log.warning(
                 "checkpoint %s does not encode to the published policy %d: syncing from peers",
@@ -596,7 +596,7 @@ class Node:
         metrics["train_s"] = time.perf_counter() - t0
         staleness = [self.version - g.policy_version for g in groups]
         metrics["staleness_mean"] = sum(staleness) / len(staleness)
-        data, sha = encode(self.model, self.opts.weights_dtype)
+        data, sha = encode_model(self.model, self.opts.weights_dtype)
         fp8 = to_fp8(data) if self.cfg.weights_fp8 else None  # for nodes that roll out in FP8
         self.transport.publish(self.version + 1, data, sha, fp8=fp8)
         state_hash, state_bytes = train_state.state_digest(self._training_state(self.version + 1))

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from swarmgrpo.core.device import resolve_device
 from swarmgrpo.node.engines.base import Completion, SamplingParams
 from swarmgrpo.node.engines.choose import build_engine
 from swarmgrpo.node.evaluate import EvalResult, evaluate
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.models import load_model, resolve_device
+from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.prompts import encode_chat
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep

@@ -269,7 +269,7 @@ def step_report(req: swarm_pb2.StepReport, limits: Limits) -> None:
         not req.state_hash or _is_sha256(req.state_hash),
         "state_hash",
         "must be empty or 64 lowercase hex characters (sha256)",
-        "hash the training-state file (swarmgrpo.node.train_state), or leave it empty",
+        "hash the training-state file (swarmgrpo.p2p.train_state), or leave it empty",
     )
     _check(len(req.metrics) <= 64, "metrics", "more than 64 entries", "send fewer")
     _check(

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from swarmgrpo.protocol.configtree import render_toml
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.configtree import render_toml
+from swarmgrpo.core.errors import UserError
 
 PREFIX = "checkpoint-"
 

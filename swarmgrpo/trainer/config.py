@@ -1,6 +1,6 @@
 """The training config: one typed tree, TRL GRPOConfig names where the idea is the same.
 
-Load with `swarmgrpo.protocol.configtree.load_config(TrainConfig, path, overrides)`; `validate()` checks
+Load with `swarmgrpo.core.configtree.load_config(TrainConfig, path, overrides)`; `validate()` checks
 the relations between fields (batch divisible by the group size, ranges) with one-line errors.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.tasks.config import TaskConfig
 
 GRAD_COMPRESSIONS = ("none", "fp16", "int8", "fp8", "uint8", "powersgd")

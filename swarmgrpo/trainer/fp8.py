@@ -246,18 +246,6 @@ def use_fp8_linears(
     return changed
 
 
-def fp8_capable(device: torch.device) -> bool:
-    """Whether `device` multiplies e4m3 in hardware (compute capability >= 8.9): vLLM's FP8 rollouts."""
-    from swarmgrpo.node.hardware import FP8_MIN_CAPABILITY
-
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
-
-
-def gpu_has_fp8() -> bool:
-    """Whether this machine's first GPU multiplies FP8."""
-    return torch.cuda.is_available() and fp8_capable(torch.device("cuda"))
-
-
 def fp8_training_pays(device: torch.device) -> bool:
     """Whether FP8 training is the default (`fp8 = "auto"`) on `device`: where the one-call
     block-scaled matmul runs (Hopper). On Ada and Blackwell the 128-wide slices, each adding a full

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import logging as hf_logging
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 SMOLLM2 = "smollm2-135m"
 TINY = "tiny"
@@ -43,18 +43,6 @@ class TinyShape:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SWARMGRPO_CACHE", Path.home() / ".cache" / "swarmgrpo"))
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """ "auto": the first GPU where there is one, else the CPU; "cuda" without one is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            'device "cuda" asked for, but torch sees no GPU (a CPU build of torch, or no driver); '
-            'use device "auto" or "cpu"'
-        )
-    return torch.device(name)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 
 def encode_chat(tokenizer, messages, max_prompt_length: int) -> list[int]:

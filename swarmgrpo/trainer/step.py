@@ -32,9 +32,10 @@ from typing import TypeVar
 
 import torch
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.device import fp8_capable
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.fp8 import fp8_capable, fp8_training_pays, use_fp8_linears
+from swarmgrpo.trainer.fp8 import fp8_training_pays, use_fp8_linears
 from swarmgrpo.trainer.fusedblocks import fuse_blocks
 from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, grpo_loss, token_logprobs
 from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head

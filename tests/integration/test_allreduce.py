@@ -14,8 +14,8 @@ import time
 import pytest
 import torch
 
-from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import (
+from swarmgrpo.p2p import compression
+from swarmgrpo.p2p.allreduce import (
     LINGER_S,
     MIN_STREAM_BYTES,
     AllReduce,
@@ -24,8 +24,8 @@ from swarmgrpo.node.allreduce import (
     Layout,
     Member,
 )
-from swarmgrpo.node.p2p_host import PeerHost
-from swarmgrpo.node.powersgd import PowerSGD
+from swarmgrpo.p2p.host import PeerHost
+from swarmgrpo.p2p.powersgd import PowerSGD
 from swarmgrpo.protocol import swarm_pb2
 from tests.integration.peerprocs import readline, send, spawn, stop
 
@@ -196,7 +196,7 @@ def test_a_range_sent_twice_is_placed_once():
     host = PeerHost()
     reducer = AllReduce(host, timeout=5)
     try:
-        data = compression.encode("none", _vector(0, 512))  # slice 0 of a 1024-value round of 2
+        data = compression.encode_part("none", _vector(0, 512))  # slice 0 of a 1024-value round of 2
         sender = "sender-peer"
         layout = Layout("r", (host.peer_id, sender), 0, "none", 1024, 1024)
         head = swarm_pb2.AllReducePart(
@@ -231,7 +231,7 @@ def test_a_failed_stream_sends_only_its_range_again():
     receiver, sender = AllReduce(receiver_host, timeout=10), AllReduce(sender_host, timeout=10)
     to_receiver = Member(receiver_host.peer_id, tuple(receiver_host.addrs))
     values = 6 * MIN_STREAM_BYTES // 4
-    data = compression.encode("none", _vector(0, values))  # slice 0 of a round of 2
+    data = compression.encode_part("none", _vector(0, values))  # slice 0 of a round of 2
     head = swarm_pb2.AllReducePart(round_id="flaky", phase=0, part=0, sender=1, weight=1.0)
     key = ("flaky", 0, 0, 1, 0)
     second = len(data) // sender.streams  # where the second stream's range starts
@@ -364,5 +364,5 @@ def test_hivemind_8bit_codec_decodes_under_numpy_2():
     for kind in (runtime_pb2.UNIFORM_8BIT, runtime_pb2.QUANTILE_8BIT):
         y = deserialize_torch_tensor(serialize_torch_tensor(x, kind))
         assert (y - x).norm() < 0.05 * x.norm()
-    constant = compression.decode(compression.encode("uint8", torch.full((7,), 2.5)))
+    constant = compression.decode_part(compression.encode_part("uint8", torch.full((7,), 2.5)))
     assert torch.equal(constant, torch.full((7,), 2.5))

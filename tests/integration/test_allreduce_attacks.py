@@ -17,9 +17,9 @@ import pytest
 import torch
 from hivemind.p2p import PeerID
 
-from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import PROTOCOL, AllReduce, AllReduceError, Member
-from swarmgrpo.node.p2p_host import PeerHost
+from swarmgrpo.p2p import compression
+from swarmgrpo.p2p.allreduce import PROTOCOL, AllReduce, AllReduceError, Member
+from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.protocol import swarm_pb2
 from tests.integration.peerprocs import readline, send, spawn, stop
 from tests.integration.test_allreduce import SEGMENT_VALUES, SIZE, WEIGHTS, _sha, _vector, _weighted_mean
@@ -51,9 +51,9 @@ def _tampered(fault: Fault | None, head, data):
     head = swarm_pb2.AllReducePart(**{f.name: v for f, v in head.ListFields()})
     data = bytearray(data)
     if fault in (Fault.NAN_VALUES, Fault.NAN_MEAN) and head.phase == (fault == Fault.NAN_MEAN):
-        values = compression.decode(data).clone()
+        values = compression.decode_part(data).clone()
         values[::7] = math.nan
-        data = bytearray(compression.encode("none", values))
+        data = bytearray(compression.encode_part("none", values))
     elif fault == Fault.INF_SCALE and head.phase == REDUCE:
         data[9:13] = torch.tensor([math.inf]).numpy().tobytes()  # tag, value count, first block scale
     elif fault == Fault.NAN_WEIGHT and head.phase == REDUCE:
@@ -173,7 +173,7 @@ def test_parts_and_means_from_a_peer_not_in_the_round_are_never_used(peers):
         forged = []
         for j in range(3):
             for s, numel in enumerate(_segment_numels(j)):
-                data = compression.encode("none", torch.full((numel,), 1e3))
+                data = compression.encode_part("none", torch.full((numel,), 1e3))
                 if j != me:  # a mean of slice j, as its owner would send it
                     forged.append(
                         (

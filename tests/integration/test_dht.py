@@ -13,9 +13,9 @@ import time
 import pytest
 from hivemind.p2p import PeerID
 
-from swarmgrpo.node.p2p_host import PeerHost, nodes_key, weights_key
-from swarmgrpo.node.p2p_weights import MAX_DHT_HOLDERS, P2PWeights
-from swarmgrpo.node.weights import WeightError
+from swarmgrpo.p2p.host import PeerHost, nodes_key, weights_key
+from swarmgrpo.p2p.weight_transfer import MAX_DHT_HOLDERS, P2PWeights
+from swarmgrpo.p2p.weights import WeightError
 from swarmgrpo.protocol.signing import NodeKey
 from tests.integration.peerprocs import readline, spawn, stop
 

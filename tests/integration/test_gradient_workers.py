@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from swarmgrpo.node.allreduce import Member
-from swarmgrpo.node.gradients import GradientAverager
-from swarmgrpo.node.p2p_host import PeerHost
-from swarmgrpo.protocol.configtree import load_config
+from swarmgrpo.core.configtree import load_config
+from swarmgrpo.p2p.allreduce import Member
+from swarmgrpo.p2p.gradients import GradientAverager
+from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.rollouts import RolloutGroup

@@ -618,7 +618,7 @@ def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_
 def test_the_coordinator_shows_only_node_records_their_node_signed(network):
     """Anyone who reaches the coordinator's DHT peer (every joiner is told its address) can store
     records under the run's nodes key: forged, altered, unsigned and junk records are not shown."""
-    from swarmgrpo.node.p2p_host import PeerHost, nodes_key
+    from swarmgrpo.p2p.host import PeerHost, nodes_key
     from swarmgrpo.protocol.dhtrecords import sign_node_record
 
     network.start_coordinator()

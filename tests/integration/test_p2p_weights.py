@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from swarmgrpo.node.p2p_weights import P2PWeights
-from swarmgrpo.node.weights import FP8, WeightError, encode, to_fp8
+from swarmgrpo.p2p.weight_transfer import P2PWeights
+from swarmgrpo.p2p.weights import FP8, WeightError, encode_model, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 from tests.integration.peerprocs import readline, spawn, stop
 
@@ -48,7 +48,7 @@ def _model_file() -> bytes:
     import torch
 
     torch.manual_seed(4)
-    return encode(torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 100)))[0]
+    return encode_model(torch.nn.Sequential(torch.nn.Linear(300, 200), torch.nn.Linear(200, 100)))[0]
 
 
 def serve() -> None:
@@ -136,7 +136,7 @@ def test_a_republished_version_drops_its_old_fp8_file_and_peers_asking_at_once_s
 
     import torch
 
-    from swarmgrpo.node import p2p_weights
+    from swarmgrpo.p2p import weight_transfer
 
     made = []
 
@@ -145,8 +145,8 @@ def test_a_republished_version_drops_its_old_fp8_file_and_peers_asking_at_once_s
         time.sleep(1.0)
         return to_fp8(data)
 
-    monkeypatch.setattr(p2p_weights, "to_fp8", slow_to_fp8)
-    losing, winning = _model_file(), encode(torch.nn.Linear(256, 128))[0]
+    monkeypatch.setattr(weight_transfer, "to_fp8", slow_to_fp8)
+    losing, winning = _model_file(), encode_model(torch.nn.Linear(256, 128))[0]
     holder = P2PWeights(timeout=10)
     fetchers = [P2PWeights(timeout=10) for _ in range(2)]
     try:
@@ -213,8 +213,8 @@ class FaultyHolder:
     "oversize" announces a 1 TiB file and streams junk."""
 
     def __init__(self, mode: str, data: bytes, pause: float = 1.0):
-        from swarmgrpo.node.p2p_host import PeerHost
-        from swarmgrpo.node.p2p_weights import PROTOCOL
+        from swarmgrpo.p2p.host import PeerHost
+        from swarmgrpo.p2p.weight_transfer import PROTOCOL
 
         self.mode, self.data, self.pause = mode, data, pause
         self.requests, self.sent = 0, 0
@@ -266,7 +266,7 @@ def test_a_trickling_or_oversize_holder_is_dropped_within_its_deadline_and_an_ho
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    logging.getLogger("swarmgrpo.node.p2p_weights").addHandler(handler)
+    logging.getLogger("swarmgrpo.p2p.weight_transfer").addHandler(handler)
 
     def fetch():
         t0 = time.monotonic()
@@ -291,7 +291,7 @@ def test_a_trickling_or_oversize_holder_is_dropped_within_its_deadline_and_an_ho
         )
         assert (trickler.requests, oversize.requests) == asked, "the honest holder is asked first now"
     finally:
-        logging.getLogger("swarmgrpo.node.p2p_weights").removeHandler(handler)
+        logging.getLogger("swarmgrpo.p2p.weight_transfer").removeHandler(handler)
         fetcher.close()
         trickler.close()
         oversize.close()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from swarmgrpo.core.configtree import load_config
 from swarmgrpo.node.solo import train
-from swarmgrpo.protocol.configtree import load_config
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import SMOLLM2, load_model, resolve_model_path
 from tests.limits import file_size_limit

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from swarmgrpo.node import train_state
-from swarmgrpo.node.p2p_host import PeerHost
-from swarmgrpo.node.train_state import TrainStateServer
+from swarmgrpo.p2p import train_state
+from swarmgrpo.p2p.host import PeerHost
+from swarmgrpo.p2p.train_state import TrainStateServer
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
 from swarmgrpo.protocol.signing import NodeKey
@@ -192,8 +192,8 @@ def test_a_worker_that_falls_back_to_the_weights_starts_its_optimizer_state_afre
     """A trainer that took two AdamW steps is paused; another worker publishes the next version with no
     agreed training state; resumed, the trainer takes that version's weights, and the step it trains
     next starts AdamW's moments afresh (step count 1), not from the ones of the weights it left."""
-    from swarmgrpo.node.p2p_weights import P2PWeights
-    from swarmgrpo.node.weights import encode
+    from swarmgrpo.p2p.weight_transfer import P2PWeights
+    from swarmgrpo.p2p.weights import encode_model
     from swarmgrpo.trainer.models import load_model
 
     model, tokenizer = load_model("tiny", seed=1)
@@ -220,7 +220,7 @@ def test_a_worker_that_falls_back_to_the_weights_starts_its_optimizer_state_afre
         while (batch := other.train_batch(2, device="cpu")).status != swarm_pb2.BATCH_READY:
             assert time.monotonic() < deadline, batch
             time.sleep(0.5)
-        data, sha = encode(model)
+        data, sha = encode_model(model)
         other_weights.publish(3, data, sha)
         reply = other.report_step(2, sha, {}, attempt=batch.attempt, weight_bytes=len(data))
         assert reply.status == swarm_pb2.STEP_PUBLISHED, reply

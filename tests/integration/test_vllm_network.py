@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from swarmgrpo.node.weights import load_into
+from swarmgrpo.p2p.weights import load_into
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
 from tests.integration.netfixtures import Network
 from tests.vllm_support import VLLM_TINY_SHAPE as SHAPE

@@ -7,9 +7,9 @@ import torch
 from hivemind.compression import serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
-from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce import SEND_WINDOW, AllReduceError, _decode_mean, _weighted_mean
-from swarmgrpo.node.allreduce_parts import (
+from swarmgrpo.p2p import compression
+from swarmgrpo.p2p.allreduce import SEND_WINDOW, AllReduceError, _decode_mean, _weighted_mean
+from swarmgrpo.p2p.allreduce_parts import (
     EARLY_PARTS,
     EARLY_SEGMENTS,
     GATHER,
@@ -29,7 +29,7 @@ LAYOUT = Layout("r", PEERS, 0, "none", 1000, 150)  # slice 0: 334 values in 3 se
 def test_encoded_size_bounds_what_encode_makes(codec, n):
     low, high = compression.encoded_size(codec, n)
     for part in (torch.randn(n), torch.full((n,), 2.5)):  # a constant part: float32 in uint8
-        assert low <= len(compression.encode(codec, part)) <= high
+        assert low <= len(compression.encode_part(codec, part)) <= high
     if codec != "uint8":
         assert low == high
 
@@ -107,7 +107,7 @@ def test_early_parts_are_held_within_bounds():
 
 
 def _part(values: torch.Tensor, w: float = 1.0):
-    return w, compression.encode("none", values)
+    return w, compression.encode_part("none", values)
 
 
 def test_an_owner_refuses_non_finite_or_wrong_sized_parts_naming_the_member():
@@ -119,7 +119,7 @@ def test_an_owner_refuses_non_finite_or_wrong_sized_parts_naming_the_member():
     with pytest.raises(AllReduceError, match="overflows float32") as caught:
         _weighted_mean("none", [_part(good), _part(torch.full((10,), 3e38), 2.0)], 10, None, 0)
     assert caught.value.culprits == [1]
-    mean = compression.decode(_weighted_mean("none", [_part(good), _part(3 * good, 3.0)], 10, None, 0))
+    mean = compression.decode_part(_weighted_mean("none", [_part(good), _part(3 * good, 3.0)], 10, None, 0))
     assert torch.equal(mean, torch.full((10,), 2.5))
 
 
@@ -127,15 +127,17 @@ def test_a_member_refuses_a_non_finite_mean_naming_its_owner():
     out = torch.empty(4)
     with pytest.raises(AllReduceError, match="non-finite") as caught:
         _decode_mean(
-            compression.encode("none", torch.tensor([1.0, math.nan, 2.0, 3.0])), out, ("r", GATHER, 2, 2, 0)
+            compression.encode_part("none", torch.tensor([1.0, math.nan, 2.0, 3.0])),
+            out,
+            ("r", GATHER, 2, 2, 0),
         )
     assert caught.value.culprits == [2]
     with pytest.raises(AllReduceError, match="does not decode") as caught:
-        _decode_mean(compression.encode("none", torch.ones(5)), out, ("r", GATHER, 1, 1, 0))
+        _decode_mean(compression.encode_part("none", torch.ones(5)), out, ("r", GATHER, 1, 1, 0))
     assert caught.value.culprits == [1]
 
 
 def test_hivemind_encodings_swarmgrpo_does_not_send_are_refused():
     message = serialize_torch_tensor(torch.randn(100), runtime_pb2.FLOAT16)
     with pytest.raises(ValueError, match="FLOAT16 is not one that swarmgrpo sends"):
-        compression.decode(b"h" + message.SerializeToString())
+        compression.decode_part(b"h" + message.SerializeToString())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.checkpoint import CheckpointError, TrainerState, latest_checkpoint, save_checkpoint
 from swarmgrpo.trainer.config import TrainConfig
 from tests.limits import file_size_limit

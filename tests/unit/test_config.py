@@ -4,8 +4,8 @@ import tomllib
 
 import pytest
 
-from swarmgrpo.protocol.configtree import load_config, parse_override, render_toml
-from swarmgrpo.protocol.errors import ConfigError, UserError
+from swarmgrpo.core.configtree import load_config, parse_override, render_toml
+from swarmgrpo.core.errors import ConfigError, UserError
 from swarmgrpo.trainer.config import TrainConfig
 
 

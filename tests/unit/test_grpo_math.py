@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.grpo import (
     ADVANTAGES,
     AGGREGATORS,

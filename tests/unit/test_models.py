@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.trainer.models import load_model, resolve_model_path
 
 
@@ -53,7 +53,7 @@ def test_folder_without_config_is_refused(tmp_path):
 
 
 def test_a_device_is_auto_cpu_or_an_existing_gpu():
-    from swarmgrpo.trainer.models import resolve_device
+    from swarmgrpo.core.device import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

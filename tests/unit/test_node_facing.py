@@ -13,7 +13,7 @@ from swarmgrpo.coordinator.joining import (
     bootstrap_peers,
     node_config_toml,
 )
-from swarmgrpo.protocol.configtree import render_toml
+from swarmgrpo.core.configtree import render_toml
 from swarmgrpo.protocol.dhtrecords import CLOCK_SLACK_S, MAX_TTL_S, sign_node_record, verify_node_record
 from swarmgrpo.protocol.multiaddrs import problem
 from swarmgrpo.protocol.signing import NodeKey

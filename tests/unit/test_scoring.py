@@ -7,7 +7,7 @@ import re
 import pytest
 
 from swarmgrpo.coordinator.scoring import OverBudget, Scorer
-from swarmgrpo.protocol.errors import UserError
+from swarmgrpo.core.errors import UserError
 
 
 def _reward(example: dict, token_ids: list[int]) -> float:

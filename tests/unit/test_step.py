@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
+from swarmgrpo.core.configtree import load_config
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
-from swarmgrpo.protocol.configtree import load_config
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.rollouts import RolloutGroup
 from swarmgrpo.trainer.step import GRPOStep

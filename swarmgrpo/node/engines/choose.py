@@ -18,10 +18,10 @@ import logging
 
 import torch
 
+from swarmgrpo.core.device import gpu_has_fp8
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.node.engines.base import Engine
-from swarmgrpo.protocol.errors import UserError
 from swarmgrpo.trainer.config import ENGINES, TrainConfig
-from swarmgrpo.trainer.fp8 import gpu_has_fp8
 from swarmgrpo.trainer.models import TINY, resolve_model_path
 
 log = logging.getLogger("swarmgrpo.engine")

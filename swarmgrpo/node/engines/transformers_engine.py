@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from swarmgrpo.node.engines.base import Completion, Engine, SamplingParams
-from swarmgrpo.node.weights import copy_weights
+from swarmgrpo.p2p.weights import copy_weights
 from swarmgrpo.trainer.models import model_device
 
 # Legend: N = prompts × n sequences sampled together, P = padded prompt length, T = new tokens, V = vocab.

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 
 import torch
 
+from swarmgrpo.core.device import gpu_has_fp8
+from swarmgrpo.core.errors import UserError
 from swarmgrpo.node.engines.base import Completion, Engine, SamplingParams
-from swarmgrpo.protocol.errors import UserError
-from swarmgrpo.trainer.fp8 import gpu_has_fp8
 
 # The engine core must run in this process: load_weights passes a function and tensors to the
 # worker, which a separate engine process could only take pickled.

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.grpo.registry import Registry
 
 # --------------------------------------------------------------------------- log-probs

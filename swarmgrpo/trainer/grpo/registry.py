@@ -8,7 +8,7 @@ field and lists the valid choices, so a typo fails at startup with a fix, not de
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
 

@@ -4,7 +4,7 @@ Importing this package registers the built-in tasks; `make_task(cfg)` picks one 
 Nothing here imports torch or transformers; `datasets` is imported only when a jsonl task is built.
 """
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.tasks import arithmetic, countdown, jsonl, uppercase  # noqa: F401  (registers the tasks)
 from swarmgrpo.trainer.tasks.base import Example, Task
 from swarmgrpo.trainer.tasks.config import TaskConfig

@@ -8,7 +8,7 @@ evaluator in `expr`, so `*` binds tighter than `+`/`-` exactly as the model is e
 import random
 from collections.abc import Callable
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.tasks.base import Example
 from swarmgrpo.trainer.tasks.config import TaskConfig
 from swarmgrpo.trainer.tasks.expr import evaluate

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.tasks import rewards
 from swarmgrpo.trainer.tasks.config import TaskConfig
 from swarmgrpo.trainer.tasks.extract import has_answer_format

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from swarmgrpo.protocol.errors import ConfigError, UserError
+from swarmgrpo.core.errors import ConfigError, UserError
 from swarmgrpo.trainer.tasks.base import Example, Task
 from swarmgrpo.trainer.tasks.config import TaskConfig
 from swarmgrpo.trainer.tasks.extract import answers_match, extract_answer, parse_fraction

@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from swarmgrpo.protocol.errors import ConfigError, UserError
+from swarmgrpo.core.errors import ConfigError, UserError
 
 COMPONENTS = ("correctness", "format", "brevity")
 

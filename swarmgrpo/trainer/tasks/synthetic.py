@@ -10,7 +10,7 @@ import random
 from abc import abstractmethod
 from collections.abc import Iterator
 
-from swarmgrpo.protocol.errors import ConfigError
+from swarmgrpo.core.errors import ConfigError
 from swarmgrpo.trainer.tasks.base import Example, Task
 from swarmgrpo.trainer.tasks.split import derive_seed, in_eval
 

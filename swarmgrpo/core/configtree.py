@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from swarmgrpo.protocol.errors import ConfigError, UserError
+from swarmgrpo.core.errors import ConfigError, UserError
 
 T = TypeVar("T")
 

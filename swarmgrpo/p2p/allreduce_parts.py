@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from swarmgrpo.node import compression
+from swarmgrpo.p2p import compression
 from swarmgrpo.protocol import swarm_pb2
 
 REDUCE, GATHER = 0, 1  # AllReducePart.phase

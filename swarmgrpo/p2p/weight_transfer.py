@@ -1,6 +1,6 @@
 """Policy weights fetched from peers over libp2p streams (hivemind's P2P and its go-libp2p daemon).
 
-A node that publishes version v keeps the bytes `weights.encode` made (a bf16 safetensors file) and
+A node that publishes version v keeps the bytes `weights.encode_model` made (a bf16 safetensors file) and
 their sha256 in memory, for the last `keep` versions, serves them on the stream protocol
 `swarmgrpo.weights` (one `WeightRequest` in, `WeightChunk`s of `chunk_bytes` out, in order, each
 carrying the file's size and sha256) and, once its host has joined the DHT, announces itself as a
@@ -35,9 +35,9 @@ from collections.abc import Sequence
 
 from hivemind.p2p import P2PContext, PeerID
 
-from swarmgrpo.node.holders import transfer_deadline
-from swarmgrpo.node.p2p_host import PeerHost, dialable, weights_key
-from swarmgrpo.node.weights import WeightError, WeightTransport, check_format, is_fp8, to_fp8
+from swarmgrpo.p2p.holders import transfer_deadline
+from swarmgrpo.p2p.host import PeerHost, dialable, weights_key
+from swarmgrpo.p2p.weights import WeightError, WeightTransport, check_format, is_fp8, to_fp8
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import torch
 
-from swarmgrpo.node.allreduce import AllReduce, ErrorFeedback, Member
-from swarmgrpo.node.compression import CODECS
-from swarmgrpo.node.p2p_host import PeerHost
-from swarmgrpo.node.powersgd import PowerSGD
+from swarmgrpo.p2p.allreduce import AllReduce, ErrorFeedback, Member
+from swarmgrpo.p2p.compression import CODECS
+from swarmgrpo.p2p.host import PeerHost
+from swarmgrpo.p2p.powersgd import PowerSGD
 
 COMPRESSIONS = (*CODECS, "powersgd")
 

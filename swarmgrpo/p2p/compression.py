@@ -1,8 +1,8 @@
 """Wire codecs for gradient parts: a float32 vector in, bytes out, and back.
 
-    data = encode("int8", part)         # bytes-like: a tag byte, then the codec's own layout
-    part = decode(data)                 # the codec is read from the data itself
-    decode_into(data, out)              # or straight into a float32 tensor of the part's size
+    data = encode_part("int8", part)    # bytes-like: a tag byte, then the codec's own layout
+    part = decode_part(data)            # the codec is read from the data itself
+    decode_part_into(data, out)         # or straight into a float32 tensor of the part's size
 
 Codecs (the run config's `compression`, see `allreduce`):
 - `none`: float32, the raw little-endian values (read back as a view of the received bytes: going
@@ -34,7 +34,7 @@ on a one-element array, which NumPy 2 refuses ("only 0-dimensional arrays can be
 scalars"), and a hivemind averager that meets the error keeps its old values without a word.
 `install_hivemind_fixes()` registers subclasses with a corrected `extract` in hivemind's codec table,
 so our code and any hivemind averager in the process decode 8-bit parts again; this module calls it
-on import. The quantizers also divide by zero on a constant part (standard deviation 0); `encode`
+on import. The quantizers also divide by zero on a constant part (standard deviation 0); `encode_part`
 sends such a part (and an empty one) as float32, which costs nothing (it is rare and small).
 """
 
@@ -48,7 +48,7 @@ from hivemind.compression import serialization
 from hivemind.compression.quantization import Quantile8BitQuantization, Uniform8BitQuantization
 from hivemind.proto import runtime_pb2
 
-from swarmgrpo.node.buffers import raw_bytes, readonly_view
+from swarmgrpo.p2p.buffers import raw_bytes, readonly_view
 from swarmgrpo.trainer.config import GRAD_COMPRESSIONS
 
 # The run config names them (`grad_compression`); PowerSGD is a reducer of its own, not a codec.
@@ -57,7 +57,7 @@ BLOCK_VALUES = 1024  # values per scale, for fp16, int8 and fp8
 CHUNK_VALUES = 256 * BLOCK_VALUES  # block codecs work a chunk at a time (1 MB of float32 temporaries)
 # First byte of every encoding: which format follows (the block codecs' tags are in _BLOCK_CODECS).
 _HIVEMIND, _RAW_F32 = b"h", b"f"
-# hivemind kinds `encode` makes; a part of another kind (bitsandbytes, 16-bit, ...) is refused.
+# hivemind kinds `encode_part` makes; a part of another kind (bitsandbytes, 16-bit, ...) is refused.
 _HIVEMIND_KINDS = (runtime_pb2.UNIFORM_8BIT, runtime_pb2.NONE)
 _PROTOBUF_FIELDS_BYTES = 64  # a hivemind Tensor message's fields around its buffer (21 for 2M values)
 
@@ -93,7 +93,7 @@ def install_hivemind_fixes() -> None:
 install_hivemind_fixes()
 
 
-def encode(codec: str, part: torch.Tensor) -> bytes | bytearray:
+def encode_part(codec: str, part: torch.Tensor) -> bytes | bytearray:
     if codec not in CODECS:
         raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)} (or powersgd)")
     part = part.detach().reshape(-1).to(torch.float32).contiguous()
@@ -108,10 +108,10 @@ def encode(codec: str, part: torch.Tensor) -> bytes | bytearray:
 
 
 def encoded_size(codec: str, n: int) -> tuple[int, int]:
-    """The fewest and most bytes `encode(codec, part)` makes of a part of `n` values: a receiver
+    """The fewest and most bytes `encode_part(codec, part)` makes of a part of `n` values: a receiver
     refuses a part announced with any other size before it takes memory for it. Exact for every
     codec but `uint8`, whose hivemind message is either a codebook and a byte per value or, for a
-    constant part, float32 (see `encode`), framed by a few protobuf fields."""
+    constant part, float32 (see `encode_part`), framed by a few protobuf fields."""
     if codec == "none":
         return 1 + 4 * n, 1 + 4 * n
     if codec in _BLOCK_CODECS:
@@ -123,7 +123,7 @@ def encoded_size(codec: str, n: int) -> tuple[int, int]:
     raise ValueError(f"unknown compression '{codec}': use one of {sorted(CODECS)}")
 
 
-def decode(data: bytes | bytearray) -> torch.Tensor:
+def decode_part(data: bytes | bytearray) -> torch.Tensor:
     """The float32 values of an encoded part (for a raw float32 part, a read-only view of `data`)."""
     kind = bytes(data[:1])
     if kind == _RAW_F32:
@@ -135,13 +135,13 @@ def decode(data: bytes | bytearray) -> torch.Tensor:
     return _decode_hivemind(data)
 
 
-def decode_into(data: bytes | bytearray, out: torch.Tensor) -> None:
+def decode_part_into(data: bytes | bytearray, out: torch.Tensor) -> None:
     """Write an encoded part's values into `out` (float32, contiguous, as many values as the part)."""
     kind = bytes(data[:1])
     if kind in _BY_TAG:
         _BY_TAG[kind].decode_into(data, out)
         return
-    values = decode(data)
+    values = decode_part(data)
     _check_size(values.numel(), out)
     out.copy_(values)
 

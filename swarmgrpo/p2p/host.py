@@ -5,7 +5,7 @@
     host.announce("swarmgrpo/run/nodes", node_id, {...}, ttl=15)
     host.lookup("swarmgrpo/run/nodes")               # {subkey: value} of every live entry
 
-Everything peer-to-peer on a node shares this host: the weight server (`p2p_weights`) registers its
+Everything peer-to-peer on a node shares this host: the weight server (`weight_transfer`) registers its
 stream handler on `host.p2p`, and the DHT node speaks over the same daemon, so a node has one peer
 id and one set of addresses.
 
@@ -32,7 +32,7 @@ from hivemind.p2p import P2P, P2PDaemonError, PeerID
 from hivemind.utils import get_dht_time
 from hivemind.utils.multiaddr import Multiaddr
 
-from swarmgrpo.node.holders import HolderRanking
+from swarmgrpo.p2p.holders import HolderRanking
 
 log = logging.getLogger(__name__)
 

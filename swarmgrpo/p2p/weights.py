@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as st_load
 
-from swarmgrpo.node.buffers import readonly_view
+from swarmgrpo.p2p.buffers import readonly_view
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
@@ -42,7 +42,7 @@ SCALE_SUFFIX = "_scale_inv"  # DeepSeek-V3's and vLLM's name for a block-FP8 wei
 NOT_FP8 = ("embed", "lm_head", "wte", "wpe")  # embeddings and the head stay in the transfer dtype
 
 
-def encode(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]:
+def encode_model(model: torch.nn.Module, dtype: str = "bfloat16") -> tuple[bytes, str]:
     """(safetensors bytes, sha256 hex) of the model's weights in `dtype` (tied weights once).
 
     Written straight into one buffer: each tensor is cast into its place (safetensors' own `save`

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from swarmgrpo.node.allreduce import AllReduce, Member
+from swarmgrpo.p2p.allreduce import AllReduce, Member
 
 
 class PowerSGD:

@@ -25,10 +25,10 @@ from collections.abc import Callable
 import torch
 from hivemind.p2p import P2PContext
 
-from swarmgrpo.node.holders import transfer_deadline
-from swarmgrpo.node.p2p_host import PeerHost
-from swarmgrpo.node.p2p_weights import NotHeld, chunks, fetch_file
-from swarmgrpo.node.weights import WeightError, metadata, safetensors_bytes, safetensors_digest, views
+from swarmgrpo.p2p.holders import transfer_deadline
+from swarmgrpo.p2p.host import PeerHost
+from swarmgrpo.p2p.weight_transfer import NotHeld, chunks, fetch_file
+from swarmgrpo.p2p.weights import WeightError, metadata, safetensors_bytes, safetensors_digest, views
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)

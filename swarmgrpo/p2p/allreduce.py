@@ -58,9 +58,9 @@ from dataclasses import dataclass, field
 import torch
 from hivemind.p2p import P2PContext, PeerID
 
-from swarmgrpo.node import compression
-from swarmgrpo.node.allreduce_parts import GATHER, REDUCE, Layout, Refusal, early_refusal, refusal
-from swarmgrpo.node.p2p_host import PeerHost
+from swarmgrpo.p2p import compression
+from swarmgrpo.p2p.allreduce_parts import GATHER, REDUCE, Layout, Refusal, early_refusal, refusal
+from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.protocol import swarm_pb2
 
 log = logging.getLogger(__name__)
@@ -527,10 +527,10 @@ def _key(msg: swarm_pb2.AllReducePart) -> tuple[str, int, int, int, int]:
 def _encode(codec: str, values: torch.Tensor, residual: torch.Tensor | None) -> bytes | bytearray:
     """Encode `values`; with a residual, add it first and leave in it what the encoding lost."""
     if residual is None:
-        return compression.encode(codec, values)
+        return compression.encode_part(codec, values)
     values = values + residual
-    data = compression.encode(codec, values)
-    compression.decode_into(data, residual)
+    data = compression.encode_part(codec, values)
+    compression.decode_part_into(data, residual)
     residual.sub_(values).neg_()
     return data
 
@@ -562,7 +562,7 @@ def _decode_mean(data: bytes | bytearray, out: torch.Tensor, key: tuple) -> None
     owner = key[2]
     what = f"the mean of segment {key[4]} of slice {owner} from its owner"
     try:
-        compression.decode_into(data, out)
+        compression.decode_part_into(data, out)
     except Exception as e:  # the bytes are the owner's: whatever fails in decoding them is their fault
         raise AllReduceError(f"{what} does not decode: {e}", culprits=[owner]) from e
     _peak(out, what, owner)
@@ -570,7 +570,7 @@ def _decode_mean(data: bytes | bytearray, out: torch.Tensor, key: tuple) -> None
 
 def _decoded(data: bytes | bytearray, numel: int, what: str, sender: int) -> torch.Tensor:
     try:
-        values = compression.decode(data)  # float32 parts: a view of the received bytes
+        values = compression.decode_part(data)  # float32 parts: a view of the received bytes
     except Exception as e:  # the bytes are the sender's: whatever fails in decoding them is their fault
         raise AllReduceError(f"{what} does not decode: {e}", culprits=[sender]) from e
     if values.numel() != numel:
