@@ -1,7 +1,8 @@
 """`swarmgrpo coordinator`: wires the store, the gRPC service and the HTTP side, and runs until stopped.
 
     open state_dir/run.sqlite (resume if it exists) → load tokenizer + task → DHT peer on `dht_listen`
-    → gRPC on `listen` → HTTP / (the dashboard), /status, /metrics on `http_listen`
+    → gRPC on `listen` → HTTP / (the dashboard), /status, /runlog/<table> (`runlog`), /metrics on
+      `http_listen`
     → every second: expire leases and nonces past the clock window, and publish a step whose live
       workers have all reported;
       every heartbeat interval: read the nodes announced in the DHT
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs
 
 import grpc
 
-from swarmgrpo.coordinator import status
+from swarmgrpo.coordinator import runlog, status
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.scoring import Scorer
 from swarmgrpo.coordinator.service import CoordinatorService, Run
@@ -76,15 +77,24 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> Threadi
             if not hasattr(local, "store"):
                 local.store = Store(db_path, readonly=True)
             path, _, query = self.path.partition("?")
-            if path == "/status":
-                since = parse_qs(query).get("since", ["0"])[-1]
-                if not SINCE.fullmatch(since):
+            if path == "/status" or path.startswith("/runlog/"):
+                key, what, e_g = (
+                    ("since", "a version", "/status?since=12")
+                    if path == "/status"
+                    else ("after", "a row", "/runlog/rollouts?after=12")
+                )
+                after = parse_qs(query).get(key, ["0"])[-1]
+                if not SINCE.fullmatch(after):
                     # not echoed: a decoded %0d%0a in it would end the status line
-                    self.send_error(
-                        400, "since must be a version number (1 to 18 digits 0-9), e.g. /status?since=12"
-                    )
+                    self.send_error(400, f"{key} must be {what} number (1 to 18 digits 0-9), e.g. {e_g}")
                     return
-                snap = status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run, since=int(since))
+                if path == "/status":
+                    snap = status.snapshot(local.store, cfg.heartbeat_interval_s, dht, run, since=int(after))
+                elif path.removeprefix("/runlog/") in runlog.PAGE_ROWS:
+                    snap = runlog.page(local.store, path.removeprefix("/runlog/"), int(after))
+                else:
+                    self.send_error(404, f"the run log's tables are {', '.join(runlog.PAGE_ROWS)}")
+                    return
                 body = json.dumps(snap, indent=1, allow_nan=False).encode()
                 ctype = "application/json"
             elif path == "/metrics":
@@ -96,7 +106,7 @@ def _http_server(cfg: RunConfig, db_path: Path, dht: dict, run: dict) -> Threadi
                 name, ctype = PAGES[path]
                 body = (WEB / name).read_bytes()
             else:
-                self.send_error(404, "try / (the dashboard), /status or /metrics")
+                self.send_error(404, "try / (the dashboard), /status, /runlog/<table> or /metrics")
                 return
             self.send_response(200)
             self.send_header("Content-Type", ctype)

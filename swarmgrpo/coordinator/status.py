@@ -1,9 +1,16 @@
 """What the run looks like now, from the database: the JSON of /status and `swarmgrpo status`, and
 the Prometheus metrics of /metrics. Read-only; the HTTP side uses its own connection.
 
+A snapshot holds: the run's summary, policy_version, counts (prompts, rollouts accepted / trained /
+dropped stale / set aside, leases open / expired / submitted, versions published, tokens), the last
+step's metrics and the steps' (after `since`), the nodes (roles, activity, counts, alive), the
+replay guard's nonces (how many it holds, and by node) and the DHT view. What the run did row by row
+(versions with their hashes, leases, rollouts) is the business of `runlog` (/runlog/<table>).
+
 Whatever many keys join and put in their fields, a snapshot stays bounded: it lists at most
-MAX_NODES_SHOWN nodes and DHT records (alive and recent first; the totals are counted), and every
-string and list that came from a node is cut to MAX_TEXT characters / MAX_ITEMS entries.
+MAX_NODES_SHOWN nodes, DHT records and nodes holding nonces (alive and recent first, or those with
+most nonces; the totals are counted), and every string and list that came from a node is cut to
+MAX_TEXT characters / MAX_ITEMS entries.
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ def snapshot(
     shown = sorted(nodes, key=lambda n: (n["alive"], n["last_seen"]), reverse=True)[:MAX_NODES_SHOWN]
     shown.sort(key=lambda n: n["joined_at"])
     last = latest[-1]["metrics"] if latest else {}
-    return _finite(
+    nonces_held, nonces_by_node = store.nonce_counts(MAX_NODES_SHOWN)
+    return finite(
         {
             "run_id": store.get_meta("run_id"),
             "run": run or {},
@@ -68,6 +76,7 @@ def snapshot(
             "nodes": [bounded(n) for n in shown],
             "nodes_total": len(nodes),
             "nodes_alive": sum(n["alive"] for n in nodes),
+            "nonces": {"held": nonces_held, "by_node": bounded(nonces_by_node, MAX_NODES_SHOWN)},
             "dht": _bounded_dht(dht or {}),
             "time": now,
         }
@@ -98,15 +107,15 @@ def bounded(value, max_keys: int = 32):
     return value
 
 
-def _finite(value):
+def finite(value):
     """`value` with every non-finite float as None: JSON has no Infinity or NaN, and a browser's
     JSON.parse refuses the whole /status over one."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

@@ -209,6 +209,14 @@ class Store:
         rows = self.db.execute("SELECT node_id, nonce, seen_at FROM nonces").fetchall()
         return {(n, int(x)): t for n, x, t in rows}
 
+    def nonce_counts(self, limit: int) -> tuple[int, dict[str, int]]:
+        """(nonces held, how many of them each node sent: the `limit` nodes with the most)."""
+        total = self.db.execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
+        rows = self.db.execute(
+            "SELECT node_id, COUNT(*) AS n FROM nonces GROUP BY node_id ORDER BY n DESC LIMIT ?", (limit,)
+        )
+        return total, dict(rows.fetchall())
+
     # ------------------------------------------------------------------ prompts and leases
 
     def add_prompt(self, index: int, example: dict, token_ids: list[int]) -> None:
@@ -408,8 +416,11 @@ class Store:
             "rollouts_accepted": q("SELECT COUNT(*) FROM rollouts"),
             "rollouts_trained": q("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL"),
             "rollouts_dropped_stale": q("SELECT COUNT(*) FROM rollouts WHERE dropped = 1"),
+            "rollouts_set_aside": q("SELECT COUNT(*) FROM rollouts WHERE set_aside = 1"),
             "leases_open": q("SELECT COUNT(*) FROM leases WHERE state = 'open'"),
             "leases_expired": q("SELECT COUNT(*) FROM leases WHERE state = 'expired'"),
+            "leases_submitted": q("SELECT COUNT(*) FROM leases WHERE state = 'submitted'"),
+            "versions_published": q("SELECT COUNT(*) FROM versions"),
             "tokens_accepted": q("SELECT COALESCE(SUM(num_tokens), 0) FROM rollouts"),
         }
 
