@@ -2,7 +2,7 @@
 
 Some tests drive the coordinator directly with a signed client, playing a rollout node or a trainer,
 so that every refusal (token, protocol, replay, bad field, staleness, expired lease) is checked
-against the real server and its database.
+against the real server and what its public read API (/status, /runlog) shows it stored.
 """
 
 import json
@@ -18,6 +18,7 @@ import grpc
 import pytest
 import torch
 
+from swarmgrpo.coordinator.runlog import read_status, read_table
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
 from swarmgrpo.protocol.signing import NodeKey
@@ -72,15 +73,26 @@ def _fake_groups(lease, tokens=(5, 6, 7), reported=1.0):
 def _await_versions(net, n: int, procs, timeout: float = 180) -> float:
     """Wait until n versions are published while `procs` run; returns the deadline used."""
     deadline = time.monotonic() + timeout
-    while _count(net, "SELECT COUNT(*) FROM versions") < n:
+    while _counts(net)["versions_published"] < n:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), net.logs()
         time.sleep(0.2)
     return deadline
 
 
-def _count(net, sql):
-    with net.db() as db:
-        return db.execute(sql).fetchone()[0]
+def _counts(net) -> dict:
+    """The run's counts of /status: rollouts accepted, trained..., leases open..., versions published."""
+    return read_status(net.http)["counts"]
+
+
+def _version(net) -> int:
+    return read_status(net.http)["policy_version"]
+
+
+def _nodes(net) -> list[dict]:
+    """Every node that joined, as /status lists them (it lists them all: fewer than it would cut)."""
+    status = read_status(net.http)
+    assert len(status["nodes"]) == status["nodes_total"], status["nodes_total"]
+    return status["nodes"]
 
 
 def _announced(net) -> dict:
@@ -105,7 +117,7 @@ def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
     """
     network.start_coordinator()
     rollout0 = network.start_node("rollout0", "rollout", weights="p2p")
-    rollouts = lambda: _count(network, "SELECT COUNT(*) FROM rollouts")  # noqa: E731
+    rollouts = lambda: _counts(network)["rollouts_accepted"]  # noqa: E731
     _await(network, "rollout0 fills steps 0 and 1", lambda: rollouts() >= 4, [rollout0])
     # Every node joins the run's DHT through the coordinator's peer and announces itself there.
     _await(network, "rollout0 is announced", lambda: len(_announced(network)) == 1, [rollout0])
@@ -125,23 +137,22 @@ def test_a_run_of_one_trainer_and_two_rollout_nodes_reaches_max_steps(network):
         rollout0.send_signal(signal.SIGCONT)
     for p, name in [(trainer, "trainer"), (rollout0, "rollout0"), (rollout1, "rollout1")]:
         assert network.wait(p, 240, name) == 0, network.logs()
-    with network.db() as db:
-        steps = dict(db.execute("SELECT step, GROUP_CONCAT(DISTINCT node_id) FROM rollouts GROUP BY step"))
-        versions = db.execute(
-            "SELECT version, weight_hash, node_id FROM versions ORDER BY version"
-        ).fetchall()
-        assert [v for v, _, _ in versions] == [1, 2, 3, 4]
-        trainer_id = versions[0][2]
-        rollout_ids = {n for (n,) in db.execute("SELECT node_id FROM nodes")} - {trainer_id}
-        assert len(rollout_ids) == 2 and first in rollout_ids
-        (second,) = rollout_ids - {first}
-        assert steps[0] == steps[1] == first and steps[2] == second, "both rollout nodes contributed"
-        trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
-        assert trained == 4 * 2  # steps × prompts per step
-        stale = db.execute(
-            "SELECT MAX(v.version - 1 - r.policy_version) FROM rollouts r JOIN versions v ON v.version = r.step + 1"
-        ).fetchone()[0]
-        assert stale <= 1, "max_staleness = 1 was exceeded"
+    rows, versions = read_table(network.http, "rollouts"), read_table(network.http, "versions")
+    steps = {}
+    for r in rows:
+        steps.setdefault(r["step"], set()).add(r["node_id"])
+    assert [v["version"] for v in versions] == [1, 2, 3, 4]
+    trainer_id = versions[0]["node_id"]
+    rollout_ids = {n["node_id"] for n in _nodes(network)} - {trainer_id}
+    assert len(rollout_ids) == 2 and first in rollout_ids
+    (second,) = rollout_ids - {first}
+    assert steps[0] == steps[1] == {first} and steps[2] == {second}, "both rollout nodes contributed"
+    assert _counts(network)["rollouts_trained"] == 4 * 2  # steps × prompts per step
+    published = {v["version"] for v in versions}
+    stale = max(
+        r["step"] - r["policy_version"] for r in rows if r["step"] is not None and r["step"] + 1 in published
+    )
+    assert stale <= 1, "max_staleness = 1 was exceeded"
     # rollout1 joined at version 2 and fetched it from a peer before making step 2's rollouts;
     # rollout0, resumed after that, may find the run finished before it needs new weights.
     assert "synced to policy 2" in network.log("rollout1"), "rollout1 fetched version 2 from a peer"
@@ -174,7 +185,7 @@ def test_refusals_name_the_problem_and_store_nothing(network):
     with pytest.raises(CoordinatorError) as e:
         client.submit(bad)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "vocabulary" in str(e.value)
-    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 0
+    assert _counts(network)["rollouts_accepted"] == 0
 
     # A captured request sent again is refused, even though its signature is valid.
     req = client.key.sign("Lease", swarm_pb2.LeaseRequest(policy_version=0, max_prompts=1))
@@ -186,10 +197,10 @@ def test_refusals_name_the_problem_and_store_nothing(network):
     # The node's rewards are ignored: the coordinator scores "\x05\x06\x07"-like tokens itself.
     reply = client.submit(_fake_groups(lease, reported=1.0))
     assert reply.status == swarm_pb2.SUBMIT_ACCEPTED
-    stored = [json.loads(r[0]) for r in network.db().execute("SELECT rewards FROM rollouts")]
+    stored = [r["rewards"] for r in read_table(network.http, "rollouts")]
     assert all(r != 1.0 for rs in stored for r in rs)
     assert client.submit(_fake_groups(lease)).status == swarm_pb2.SUBMIT_DUPLICATE
-    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 2
+    assert _counts(network)["rollouts_accepted"] == 2
 
     shown = subprocess.run(
         [sys.executable, "-m", "swarmgrpo", "status", "--coordinator", network.address],
@@ -225,11 +236,10 @@ def test_one_node_holds_one_lease_however_often_it_asks(network):
     honest, _ = _join(network)
     theirs = honest.lease(0, 2)
     assert theirs.status == swarm_pb2.LEASE_GRANTED and len(theirs.prompts) == 2
-    assert _count(network, "SELECT COUNT(*) FROM leases WHERE state = 'open'") == 2
+    assert _counts(network)["leases_open"] == 2
     # the hoarder restarts (same key, joins again): its lease goes back, another node takes it
     _join(network, key=hoarder.key)
-    with network.db() as db:
-        state = db.execute("SELECT state FROM leases WHERE lease_id = ?", (first.lease_id,)).fetchone()[0]
+    (state,) = [x["state"] for x in read_table(network.http, "leases") if x["lease_id"] == first.lease_id]
     assert state == "returned"
     late, _ = _join(network)
     taken = late.lease(0, 2)
@@ -321,20 +331,17 @@ def test_coordinator_killed_mid_run_resumes_and_loses_nothing(network):
     open_lease = client.lease(0, 2)
     network.kill9_coordinator()
     network.start_coordinator()
-    assert _count(network, "SELECT COUNT(*) FROM rollouts") == 2
+    assert _counts(network)["rollouts_accepted"] == 2
     # The node's identity, its open lease and the accepted rollouts all survived.
     assert client.submit(_fake_groups(open_lease)).status == swarm_pb2.SUBMIT_ACCEPTED
     trainer = network.start_node("trainer", "train")
     node = network.start_node("rollout", "rollout")
     assert network.wait(trainer, 240, "trainer") == 0, network.logs()
     assert network.wait(node, 60, "rollout") == 0, network.logs()
-    assert _count(network, "SELECT MAX(version) FROM versions") == 4
+    assert _version(network) == 4
     before_crash = sorted(p.prompt_index for p in [*lease.prompts, *open_lease.prompts])
-    steps = (
-        network.db()
-        .execute("SELECT prompt_index, step FROM rollouts ORDER BY prompt_index LIMIT 4")
-        .fetchall()
-    )
+    rows = sorted(read_table(network.http, "rollouts"), key=lambda r: r["prompt_index"])
+    steps = [(r["prompt_index"], r["step"]) for r in rows[:4]]
     assert steps == [(i, i // 2) for i in before_crash], (
         "steps 0 and 1 trained the rollouts accepted around the crash"
     )
@@ -344,15 +351,14 @@ def test_sigterm_leaves_cleanly(network):
     network.start_coordinator()
     node = network.start_node("rollout", "rollout")
     deadline = time.monotonic() + 120
-    while _count(network, "SELECT COUNT(*) FROM rollouts") < 2:  # no trainer: it fills step 0 and waits
+    while _counts(network)["rollouts_accepted"] < 2:  # no trainer: it fills step 0 and waits
         assert time.monotonic() < deadline and node.poll() is None, network.logs()
         time.sleep(0.5)
     node.send_signal(signal.SIGTERM)
     assert network.wait(node, 30, "rollout") == 0
     assert "left the run (stopped)" in network.log("rollout")
-    with network.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
-        assert db.execute("SELECT COUNT(*) FROM leases WHERE state = 'open'").fetchone()[0] == 0
+    assert sum(n["left_at"] is not None for n in _nodes(network)) == 1
+    assert _counts(network)["leases_open"] == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
@@ -363,8 +369,7 @@ def test_a_node_asked_for_a_gpu_it_lacks_says_why_and_leaves(network):
     log = network.log("trainer")
     assert 'error: device "cuda" asked for, but torch sees no GPU' in log and "Traceback" not in log, log
     assert "left the run (could not start its model or engine)" in log
-    with network.db() as db:
-        assert db.execute("SELECT COUNT(*) FROM nodes WHERE left_at IS NOT NULL").fetchone()[0] == 1
+    assert sum(n["left_at"] is not None for n in _nodes(network)) == 1
 
 
 @pytest.mark.parametrize("network", [{"train": {"save_steps": 1, "max_steps": 4}}], indirect=True)
@@ -377,7 +382,7 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     _await_versions(network, 2, [trainer])
     trainer.send_signal(signal.SIGTERM)  # finishes the step it is in (checkpoint included), then leaves
     assert network.wait(trainer, 60, "trainer") == 0
-    stopped_at = _count(network, "SELECT MAX(version) FROM versions")
+    stopped_at = _version(network)
     assert stopped_at < 4, "the run ended before the restart could be tested"
     again = network.start_node("trainer-again", "train", state="trainer")
     assert network.wait(again, 240, "trainer-again") == 0
@@ -385,7 +390,7 @@ def test_a_restarted_trainer_continues_from_its_own_checkpoint(network):
     log = network.log("trainer-again")
     assert f"optimizer state and RNG of policy {stopped_at}" in log, log[-3000:]
     assert "synced to policy" not in log
-    assert _count(network, "SELECT MAX(version) FROM versions") == 4
+    assert _version(network) == 4
 
 
 @pytest.mark.parametrize("network", [{"train": {"save_steps": 1, "max_steps": 3}}], indirect=True)
@@ -399,7 +404,7 @@ def test_a_trainer_that_cannot_write_its_checkpoints_trains_on(network):
     rollout = network.start_node("rollout", "rollout", weights="p2p")
     assert network.wait(trainer, 240, "trainer") == 0, network.logs()
     assert network.wait(rollout, 120, "rollout") == 0, network.logs()
-    assert _count(network, "SELECT MAX(version) FROM versions") == 3
+    assert _version(network) == 3
     log = network.log("trainer")
     failures = re.findall(
         r"could not write checkpoint \S+checkpoint-(\d+): .*Training goes on without it", log
@@ -421,16 +426,15 @@ def test_two_gradient_workers_share_each_step_agree_on_the_weights_and_ship_fp8(
     rollout = network.start_node("rollout", "rollout", "--weights-format", "fp8", weights="p2p")
     for p, name in [(workers[0], "worker0"), (workers[1], "worker1"), (rollout, "rollout")]:
         assert network.wait(p, 300, name) == 0, network.logs()
-    with network.db() as db:
-        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
-        steps = dict(db.execute("SELECT node_id, steps_trained FROM nodes WHERE roles LIKE '%TRAIN%'"))
-        hashes = db.execute("SELECT weight_hash, weight_hash_fp8 FROM versions").fetchall()
-        late = db.execute("SELECT COUNT(*) FROM rollouts WHERE policy_version >= 1").fetchone()[0]
-    assert [v for v, _ in versions] == [1, 2, 3, 4, 5]
+    versions = read_table(network.http, "versions")
+    steps = {n["node_id"]: n["steps_trained"] for n in _nodes(network) if "ROLE_TRAIN" in n["roles"]}
+    hashes = [(v["weight_hash"], v["weight_hash_fp8"]) for v in versions]
+    late = sum(r["policy_version"] >= 1 for r in read_table(network.http, "rollouts"))
+    assert [v["version"] for v in versions] == [1, 2, 3, 4, 5]
     assert all(len(h8) == 64 and h8 != h for h, h8 in hashes), hashes
     synced = re.findall(r"synced to policy \d+ \((block FP8, )?", network.log("rollout"))
     assert synced and all(synced) and late > 0, network.log("rollout")[-3000:]  # every sync in FP8
-    shared = [v for v, m in versions if json.loads(m).get("workers") == 2]
+    shared = [v["version"] for v in versions if v["metrics"].get("workers") == 2]
     # The first step may start before the second worker has joined; the later ones are shared.
     assert len(shared) >= 3 and shared[-1] == 5, versions
     assert sorted(steps.values())[0] >= len(shared), steps
@@ -505,12 +509,10 @@ def test_a_gradient_worker_killed_mid_run_does_not_stop_it(network):
     workers[1].wait(10)
     assert network.wait(workers[0], 240, "worker0") == 0, network.logs()
     assert network.wait(rollout, 120, "rollout") == 0, network.logs()
-    assert _count(network, "SELECT MAX(version) FROM versions") == 5
+    assert _version(network) == 5
     log = network.log("worker0")
     assert "all-reduce failed" in log, log[-3000:]
-    with network.db() as db:
-        trained = db.execute("SELECT COUNT(*) FROM rollouts WHERE step IS NOT NULL").fetchone()[0]
-    assert trained >= 5, "every step trained on accepted rollouts"
+    assert _counts(network)["rollouts_trained"] >= 5, "every step trained on accepted rollouts"
 
 
 @pytest.mark.parametrize(
@@ -540,10 +542,9 @@ def test_a_late_gradient_worker_takes_the_exact_state_and_agrees(network):
         assert network.wait(p, 300, name) == 0, network.logs()
     log = network.log("late")
     assert "not published" not in log, log[-3000:]
-    with network.db() as db:
-        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
-    assert [v for v, _ in versions] == list(range(1, 31))
-    assert any(json.loads(m).get("workers") == 3 for _, m in versions), versions
+    versions = read_table(network.http, "versions")
+    assert [v["version"] for v in versions] == list(range(1, 31))
+    assert any(v["metrics"].get("workers") == 3 for v in versions), versions
 
 
 def _peer_addr(port: int) -> str:
@@ -605,12 +606,12 @@ def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_
         assert "peer_addrs" in str(refused.value) and "advertise the libp2p host's addresses" in str(
             refused.value
         )
-    assert _count(network, "SELECT COUNT(*) FROM nodes") == 0, "nothing of a refused Join is stored"
+    assert read_status(network.http)["nodes_total"] == 0, "nothing of a refused Join is stored"
     node = network.start_node("rollout", "rollout")
     _await(
         network,
         "a real node joins and works",
-        lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0,
+        lambda: _counts(network)["rollouts_accepted"] > 0,
         [node],
     )
 
@@ -673,8 +674,8 @@ def test_nodes_ride_out_a_coordinator_outage_and_finish_the_run(network):
     in flight at the kill: a step whose team a restart forgets is re-synced, which is another test.)"""
     network.start_coordinator()
     trainer = network.start_node("trainer", "train")
-    waiting = "SELECT COUNT(*) FROM nodes WHERE activity = 'waiting for rollouts'"
-    _await(network, "the trainer waits for rollouts", lambda: _count(network, waiting) == 1, [trainer])
+    waiting = lambda: sum(n["activity"] == "waiting for rollouts" for n in _nodes(network))  # noqa: E731
+    _await(network, "the trainer waits for rollouts", lambda: waiting() == 1, [trainer])
     network.kill9_coordinator()
     node = network.start_node("rollout", "rollout")
     unreachable = f"coordinator {network.address} unreachable since"
@@ -684,8 +685,8 @@ def test_nodes_ride_out_a_coordinator_outage_and_finish_the_run(network):
     network.start_coordinator(timeout=240)  # it loads its tokenizer and task again: slow on a busy machine
     assert network.wait(trainer, 240, "trainer") == 0, network.logs()
     assert network.wait(node, 120, "rollout") == 0, network.logs()
-    assert _count(network, "SELECT MAX(version) FROM versions") == 4
-    assert _count(network, "SELECT COUNT(*) FROM nodes") == 2, "each node kept its key: no new identity"
+    assert _version(network) == 4
+    assert read_status(network.http)["nodes_total"] == 2, "each node kept its key: no new identity"
     for name in ("trainer", "rollout"):
         log = network.log(name)
         assert re.search(
@@ -700,7 +701,7 @@ def test_nodes_ride_out_a_coordinator_outage_and_finish_the_run(network):
 def test_a_node_leaves_with_one_line_when_its_coordinator_patience_is_spent(network):
     network.start_coordinator()
     node = network.start_node("rollout", "rollout", "--coordinator-patience", "3")
-    _await(network, "the node works", lambda: _count(network, "SELECT COUNT(*) FROM rollouts") > 0, [node])
+    _await(network, "the node works", lambda: _counts(network)["rollouts_accepted"] > 0, [node])
     network.kill9_coordinator()
     assert network.wait(node, 60, "rollout") == 2, network.logs()
     log = network.log("rollout")
