@@ -7,17 +7,17 @@ max_staleness = 1 and leasing one step ahead make the trainer take most groups' 
 numbers; the run must reach max_steps with every step's numbers finite and bounded.
 """
 
-import json
 import math
 import time
 
 import grpc
 import pytest
 
+from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
 from tests.integration.netfixtures import Network
-from tests.integration.test_network import _await, _count, _join
+from tests.integration.test_network import _await, _counts, _join
 
 pytestmark = pytest.mark.integration
 
@@ -75,14 +75,13 @@ def test_forged_logprobs_are_refused_or_bounded_and_the_run_reaches_max_steps(ne
         else:
             time.sleep(0.2)
     assert network.wait(trainer, 240, "trainer") == 0, network.logs()
-    with network.db() as db:
-        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
-        stale = db.execute("SELECT COUNT(*) FROM rollouts r WHERE r.policy_version < r.step").fetchone()[0]
-    assert [v for v, _ in versions] == [1, 2, 3, 4]
+    versions = read_table(network.http, "versions")
+    rows = read_table(network.http, "rollouts")
+    stale = sum(r["step"] is not None and r["policy_version"] < r["step"] for r in rows)
+    assert [v["version"] for v in versions] == [1, 2, 3, 4]
     assert stale >= 4, "at least two steps took their ratio against the forged log-probs"
-    for v, raw in versions:
-        m = json.loads(raw)
-        assert all(math.isfinite(x) for x in m.values()), (v, m)
+    for v, m in ((v["version"], v["metrics"]) for v in versions):
+        assert all(x is not None and math.isfinite(x) for x in m.values()), (v, m)  # None: not finite
         # |loss| <= delta * max|A| (1.5 for G = 4); uncapped, a -50 log-prob made it ~1e17, -20 ~1e8
         assert abs(m["loss"]) < 10 and m["trained_sequences"] > 0 and "step_skipped" not in m, (v, m)
     refusals = network.log("coordinator").count(f"Submit from node {attacker.key.node_id} refused")
@@ -102,9 +101,10 @@ def test_groups_a_trainer_sets_aside_are_recorded_with_the_node_that_sent_them(n
     bad = batch.groups[1].prompt_index
     reply = trainer.report_step(0, "ab" * 32, {"loss": 0.1, "set_aside_groups": 1.0}, set_aside_prompts=[bad])
     assert reply.status == swarm_pb2.STEP_PUBLISHED
-    with network.db() as db:
-        marked = db.execute("SELECT prompt_index, node_id FROM rollouts WHERE set_aside = 1").fetchall()
-        metrics = json.loads(db.execute("SELECT metrics FROM versions WHERE version = 1").fetchone()[0])
+    marked = [
+        (r["prompt_index"], r["node_id"]) for r in read_table(network.http, "rollouts") if r["set_aside"]
+    ]
+    (metrics,) = [v["metrics"] for v in read_table(network.http, "versions") if v["version"] == 1]
     assert marked == [(bad, sender.key.node_id)] and metrics["set_aside_groups"] == 1.0
     _await(
         network,
@@ -116,4 +116,4 @@ def test_groups_a_trainer_sets_aside_are_recorded_with_the_node_that_sent_them(n
     with pytest.raises(CoordinatorError) as e:  # a report cannot name more than a batch holds
         trainer.report_step(1, "cd" * 32, {}, set_aside_prompts=list(range(2000)))
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "set_aside_prompts" in str(e.value)
-    assert _count(network, "SELECT COUNT(*) FROM rollouts WHERE set_aside = 1") == 1
+    assert _counts(network)["rollouts_set_aside"] == 1
