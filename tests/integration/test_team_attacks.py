@@ -7,10 +7,11 @@ import time
 import grpc
 import pytest
 
+from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
 from tests.integration.netfixtures import Network
-from tests.integration.test_network import _count, _fake_groups, _join
+from tests.integration.test_network import _counts, _fake_groups, _join
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,7 @@ def _fill_steps(net, steps: int = 2) -> None:
 
 
 def _versions(net) -> list[tuple[int, str, str]]:
-    with net.db() as db:
-        return db.execute("SELECT version, weight_hash, node_id FROM versions ORDER BY version").fetchall()
+    return [(v["version"], v["weight_hash"], v["node_id"]) for v in read_table(net.http, "versions")]
 
 
 @pytest.mark.parametrize("network", [{"max_trainers": 1}], indirect=True)
@@ -132,7 +132,7 @@ def test_four_hoarding_keys_leave_an_honest_node_served_within_one_lease_timeout
     for t in threads:
         t.start()
     try:
-        while _count(network, "SELECT COUNT(*) FROM leases WHERE state = 'open'") < 2:
+        while _counts(network)["leases_open"] < 2:
             time.sleep(0.1)
         honest, _ = _join(network)
         asked = time.monotonic()
