@@ -4,15 +4,15 @@ That worker trains nothing itself, but the team's averaged gradient reaches it t
 all-reduce and it must take the same AdamW step as its peer, or the replicas' weights part ways.
 """
 
-import json
 import time
 
 import pytest
 
+from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.protocol import swarm_pb2
 from tests.integration.netfixtures import Network
 from tests.integration.test_forged_logprobs import _forged
-from tests.integration.test_network import _await, _count, _join
+from tests.integration.test_network import _await, _join, _nodes
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +44,9 @@ def test_a_worker_whose_shard_has_no_signal_takes_the_teams_step(network, tiny):
     _, tok = tiny
     network.start_coordinator()
     workers = [network.start_node(f"worker{i}", "train", weights="p2p") for i in range(2)]
-    trainers = "SELECT COUNT(*) FROM nodes WHERE roles LIKE '%TRAIN%' AND last_seen > joined_at"
-    _await(network, "both workers joined and heartbeat", lambda: _count(network, trainers) == 2, workers)
+    trainers = lambda: [n for n in _nodes(network) if "ROLE_TRAIN" in n["roles"]]  # noqa: E731
+    beating = lambda: sum(n["last_seen"] > n["joined_at"] for n in trainers())  # noqa: E731
+    _await(network, "both workers joined and heartbeat", lambda: beating() == 2, workers)
     feeder, _ = _join(network)
     fed = 0
     while fed < 3:
@@ -58,12 +59,10 @@ def test_a_worker_whose_shard_has_no_signal_takes_the_teams_step(network, tiny):
             time.sleep(0.2)
     for i, w in enumerate(workers):
         assert network.wait(w, 240, f"worker{i}") == 0, network.logs()
-    with network.db() as db:
-        versions = db.execute("SELECT version, metrics FROM versions ORDER BY version").fetchall()
-        steps = [n for (n,) in db.execute("SELECT steps_trained FROM nodes WHERE roles LIKE '%TRAIN%'")]
-    assert [v for v, _ in versions] == [1, 2, 3]
-    for v, raw in versions:
-        m = json.loads(raw)
+    versions = read_table(network.http, "versions")
+    steps = [n["steps_trained"] for n in trainers()]
+    assert [v["version"] for v in versions] == [1, 2, 3]
+    for v, m in ((v["version"], v["metrics"]) for v in versions):
         assert m["workers"] == 2 and m["frac_zero_std"] == 0.5 and m["grad_norm"] > 0, (v, m)
     assert steps == [3, 3], steps  # both published every step: the same weight hash each time
     assert "reported other weights" not in network.log("coordinator"), network.log("coordinator")[-3000:]
