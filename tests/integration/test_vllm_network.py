@@ -2,12 +2,12 @@
 of that version's published weights, so the new weights went into the running engine in place.
 """
 
-import json
 import time
 
 import pytest
 import torch
 
+from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.p2p.weights import load_into
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
 from tests.integration.netfixtures import Network
@@ -34,25 +34,22 @@ def test_a_vllm_rollout_node_samples_from_each_published_version(tmp_path):
             assert trainer.poll() in (None, 0) and rollout.poll() in (None, 0), net.logs()
             time.sleep(0.5)
         assert trainer.returncode == rollout.returncode == 0, net.logs()
+        versions = read_table(net.http, "versions")
+        rows = read_table(net.http, "completions")
     finally:
         net.close()
     assert "rollout engine: vLLM" in net.log("rollout")
-    with net.db() as db:
-        assert db.execute("SELECT MAX(version) FROM versions").fetchone()[0] == 3
-        rows = db.execute(
-            "SELECT r.policy_version, p.token_ids, r.completions FROM rollouts r "
-            "JOIN prompts p ON p.prompt_index = r.prompt_index ORDER BY r.id"
-        ).fetchall()
-    assert sorted({v for v, _, _ in rows}) == [0, 1, 2]  # k = 0: step t is sampled at policy t
+    assert max(v["version"] for v in versions) == 3
+    assert sorted({r["policy_version"] for r in rows}) == [0, 1, 2]  # k = 0: step t is sampled at policy t
     model = tiny_model(tok, seed=0, shape=SHAPE)
     for version in (1, 2):
         load_into(model, (tmp_path / "weights" / f"v{version:06d}.safetensors").read_bytes())
         errors = []
-        for v, prompt_json, completions_json in rows:
-            if v != version:
+        for row in rows:
+            if row["policy_version"] != version:
                 continue
-            prompt = json.loads(prompt_json)
-            for tokens, logprobs in zip(*json.loads(completions_json), strict=True):
+            prompt = row["prompt_token_ids"]
+            for tokens, logprobs in zip(row["token_ids"], row["logprobs"], strict=True):
                 ids = torch.tensor([prompt + tokens])
                 with torch.no_grad():
                     logp = model(ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
