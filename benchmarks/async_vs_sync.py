@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sqlite3
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.localnet import Processes
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
@@ -90,7 +90,7 @@ def run_config(args, k: int, state_dir: Path, seed: int = 0) -> str:
     return f"""run_id = "bench-seed{seed}-k{k}"
 join_token = "bench"
 listen = "127.0.0.1:0"
-http_listen = ""
+http_listen = "127.0.0.1:0"
 state_dir = "{state_dir}"
 max_staleness = {k}
 prompts_per_lease = {args.prompts}
@@ -122,7 +122,8 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     cfg.write_text(run_config(args, k, root / "coordinator", seed))
     procs = Processes(root)
     try:
-        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
+        ports = procs.start_coordinator(cfg, root / "coordinator")
+        grpc_addr = ports["grpc"]
         common = [
             "--join",
             grpc_addr,
@@ -148,26 +149,22 @@ def run_one(args, k: int, seed: int = 0) -> dict:
         for p, name in ((trainer, "trainer"), (rollout, "rollout")):
             if p.wait(3600) != 0:
                 raise SystemExit(f"{name} failed:\n" + procs.log(name)[-3000:])
+        rows, leases = read_table(ports["http"], "versions"), read_table(ports["http"], "leases")
     finally:
         procs.stop()
-    db = sqlite3.connect(root / "coordinator" / "run.sqlite")
-    rows = db.execute("SELECT version, published_at, metrics FROM versions ORDER BY version").fetchall()
-    times = [t for _, t, _ in rows]
-    metrics = [json.loads(m) for _, _, m in rows]
+    times = [v["published_at"] for v in rows]
+    metrics = [v["metrics"] for v in rows]
     steps_per_s = (len(times) - 1) / (times[-1] - times[0])
     # A lease is one step's prompts (prompts_per_lease = prompts per step): issue to acceptance is the
     # rollout node's generation time for a step (its weight sync happens before it asks for a lease).
-    gen = db.execute(
-        "SELECT MAX(r.accepted_at) - l.issued_at FROM leases l JOIN rollouts r ON r.lease_id = l.lease_id "
-        "WHERE l.state = 'submitted' GROUP BY l.lease_id ORDER BY l.issued_at"
-    ).fetchall()
-    db.close()
-    gen_s = [g for (g,) in gen[1:]] or [g for (g,) in gen]  # the first carries warm-up
+    submitted = [x for x in leases if x["state"] == "submitted" and x["accepted_at"] is not None]
+    gen = [x["accepted_at"] - x["issued_at"] for x in sorted(submitted, key=lambda x: x["issued_at"])]
+    gen_s = gen[1:] or gen  # the first carries warm-up
     checkpoints = sorted(
         node_checkpoints(root / "trainer", f"bench-seed{seed}-k{k}").glob("checkpoint-*"),
         key=lambda c: int(c.name.split("-")[1]),
     )
-    versions = [v for v, _, _ in rows]
+    versions = [v["version"] for v in rows]
     # every scored checkpoint with its wall time since version 1 (the clock of the steps/s figure),
     # so runs can be compared at equal steps and at equal time
     evals = {}

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from swarmgrpo.coordinator.runlog import read_status, read_table
 from swarmgrpo.localnet import Processes
 
 TARGET_VLLM_RATIO = 3.0
@@ -67,7 +67,7 @@ def run_config(args, engine: str, state_dir: Path) -> str:
     return f"""run_id = "bench-engines-{engine}"
 join_token = "bench"
 listen = "127.0.0.1:0"
-http_listen = ""
+http_listen = "127.0.0.1:0"
 state_dir = "{state_dir}"
 max_staleness = {args.rounds - 1}
 prompts_per_lease = {args.prompts}
@@ -162,44 +162,31 @@ def worker(args, engine: str) -> dict:
     cfg.write_text(run_config(args, engine, root / "coordinator"))
     procs = Processes(root)
     procs.env = node_env(args)
-    db_path = root / "coordinator" / "run.sqlite"
     try:
-        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
+        ports = procs.start_coordinator(cfg, root / "coordinator")
+        grpc_addr = ports["grpc"]
         node_args = ["node", "--join", grpc_addr, "--token", "bench", "--roles", "rollout"]
         node_args += ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
         node_args += ["--state-dir", str(root / "node"), "--weights-dir", str(root / "weights")]
         procs.start("node", node_args)
-        while _submitted(db_path) < args.rounds:
+        while read_status(ports["http"])["counts"]["leases_submitted"] < args.rounds:
             if failed := procs.failed():
                 raise SystemExit(failed)
             time.sleep(0.5)
+        leases = read_table(ports["http"], "leases")
     finally:
         procs.stop()
-    db = sqlite3.connect(db_path)
-    leases = db.execute(
-        "SELECT l.issued_at, MAX(r.accepted_at), SUM(r.num_tokens) FROM leases l "
-        "JOIN rollouts r ON r.lease_id = l.lease_id WHERE l.state = 'submitted' "
-        "GROUP BY l.lease_id ORDER BY l.issued_at"
-    ).fetchall()
-    db.close()
+    submitted = [x for x in leases if x["state"] == "submitted" and x["accepted_at"] is not None]
+    leases = [
+        {"issued_at": x["issued_at"], "accepted_at": x["accepted_at"], "tokens": x["tokens"]}
+        for x in sorted(submitted, key=lambda x: x["issued_at"])
+    ]
     timed = leases[1:]
     return {
-        "leases": [{"issued_at": i, "accepted_at": a, "tokens": t} for i, a, t in leases],
-        "tokens_per_s": sum(t for _, _, t in timed) / (timed[-1][1] - timed[0][0]),
-        "lease_s": statistics.median(a - i for i, a, _ in timed),
+        "leases": leases,
+        "tokens_per_s": sum(x["tokens"] for x in timed) / (timed[-1]["accepted_at"] - timed[0]["issued_at"]),
+        "lease_s": statistics.median(x["accepted_at"] - x["issued_at"] for x in timed),
     }
-
-
-def _submitted(db_path: Path) -> int:
-    if not db_path.exists():
-        return 0
-    db = sqlite3.connect(db_path)
-    try:
-        return db.execute("SELECT COUNT(*) FROM leases WHERE state = 'submitted'").fetchone()[0]
-    except sqlite3.OperationalError:  # the coordinator has not created its tables yet
-        return 0
-    finally:
-        db.close()
 
 
 def main(argv=None) -> None:

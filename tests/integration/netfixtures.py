@@ -118,10 +118,5 @@ class Network:
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*.log"))
         )
 
-    def db(self):
-        import sqlite3
-
-        return sqlite3.connect(self.state_dir / "run.sqlite")
-
     def close(self) -> None:
         self.procs.stop()
