@@ -13,7 +13,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from swarmgrpo.core.configtree import _toml_value, field_docs
+from swarmgrpo.core.configtree import field_docs, toml_value
 
 MARKER = "<!-- Generated below this line from the config classes' field docstrings: edit those, not this. -->"
 
@@ -75,7 +75,7 @@ def _default(f: dataclasses.Field) -> str:
         value = f.default_factory()
     else:
         return "(required)"
-    return "unset" if value is None else f"`{_toml_value(value)}`"
+    return "unset" if value is None else f"`{toml_value(value)}`"
 
 
 def _cell(text: str) -> str:
