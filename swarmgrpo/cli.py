@@ -176,10 +176,6 @@ def _eval(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _seconds_or_forever(text: str) -> float:
     if text == "forever":
         return math.inf
@@ -306,3 +302,7 @@ def _bench(args) -> int:
         raise UserError(f"no benchmark '{args.name}'; there are: {', '.join(scripts)}")
     path = scripts[args.name][0]
     return subprocess.run([sys.executable, str(path), *args.args], cwd=folder.parent).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
