@@ -294,7 +294,7 @@ def _bench(args) -> int:
         for name, (_, summary) in scripts.items():
             print(f"{name:20} {summary}")
         print(
-            f"\nswarmgrpo bench NAME [its arguments]; NAME --help for its options; {folder / 'README.md'} for the figures"
+            f"\nswarmgrpo bench NAME [its arguments]; NAME --help for its options; {folder / 'results'} for the figures"
         )
         return 0
     if args.name not in scripts:

@@ -15,7 +15,7 @@ pipeline over them: a member encodes segment s + 1 while segment s is on the wir
 segment s and sends its mean while later segments still arrive, and means are decoded as they come.
 When the two phases ran one after the other over whole slices, a member's link idled while it
 encoded, while the slowest owner summed, and between the phases; pipelined, the link stays busy and
-the codec work hides behind it (README, "all-reduce bytes and seconds").
+the codec work hides behind it (benchmarks/results/allreduce.md).
 
 Why not hivemind's `DecentralizedAverager`: its all-reduce returns each peer `averaged − local`
 (compressed), which each peer adds to its own local vector. Under compression, and even in plain
