@@ -4,6 +4,7 @@ Every request goes: its size and parse (gate.py) → who it claims to be, its cl
 the node's rate → every field → its nonce (admission.py) → one call into a part → reply. Nothing
 from a request that fails a check is stored. The rules live in the parts, which know nothing of gRPC:
 
+- admission.py: the request's identity, signature, rate, fields and nonce;
 - membership.py: joins, leaves, liveness (the one live-nodes rule), roles, trainers' devices;
 - leases.py: the lease book (one lease per node, the staleness bound, expiry and re-issue);
 - steps.py: step teams, claims and drops, hash agreement and publishing;

@@ -10,7 +10,6 @@ from swarmgrpo.coordinator.admission import Admission, StrangerRefused
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, validate
 from swarmgrpo.protocol.signing import AuthError, NodeKey
-from tests.unit.coordinator.fakes import Clock, new_store
 
 
 class Aborted(Exception):
@@ -32,8 +31,7 @@ class Context:
 
 
 @pytest.fixture
-def admission(tmp_path, monkeypatch):
-    store = new_store(tmp_path, Clock(), monkeypatch)
+def admission(store):
     cfg = RunConfig()
     limits = validate.Limits(1000, cfg.train.num_generations, cfg.train.max_completion_length)
     return Admission(store, "secret", limits, 30.0, cfg.rate_limits, cfg.prompts_per_lease)

@@ -7,19 +7,9 @@ from swarmgrpo.coordinator.leases import Group, LeaseBook, Refusal
 from swarmgrpo.coordinator.membership import Membership
 from swarmgrpo.coordinator.store import Lease
 from swarmgrpo.protocol import swarm_pb2
-from tests.unit.coordinator.fakes import HEARTBEAT_S, Clock, join, new_prompt, new_store
+from tests.unit.coordinator.fakes import HEARTBEAT_S, join, new_prompt
 
 TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path, clock, monkeypatch):
-    return new_store(tmp_path, clock, monkeypatch)
 
 
 @pytest.fixture

@@ -5,17 +5,12 @@ import pytest
 
 from swarmgrpo.coordinator.membership import Membership
 from swarmgrpo.coordinator.teams import NoTrainSlot
-from tests.unit.coordinator.fakes import HEARTBEAT_S, ROLLOUT, TRAIN, Clock, join, new_store
+from tests.unit.coordinator.fakes import HEARTBEAT_S, ROLLOUT, TRAIN, join
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def members(tmp_path, clock, monkeypatch):
-    return Membership(new_store(tmp_path, clock, monkeypatch), HEARTBEAT_S, max_trainers=1, clock=clock)
+def members(store, clock):
+    return Membership(store, HEARTBEAT_S, max_trainers=1, clock=clock)
 
 
 def test_a_node_is_live_until_three_heartbeats_of_silence_and_a_heartbeat_keeps_it(members, clock):

@@ -8,21 +8,11 @@ import pytest
 from swarmgrpo.coordinator.membership import Membership
 from swarmgrpo.coordinator.steps import Steps
 from swarmgrpo.protocol import swarm_pb2
-from tests.unit.coordinator.fakes import HEARTBEAT_S, TRAIN, Clock, join, new_prompt, new_store
+from tests.unit.coordinator.fakes import HEARTBEAT_S, TRAIN, join, new_prompt
 
 # (weight hash, *store.MANIFEST): what the workers of a step agree on
 H1 = ("1" * 64, "", 100, 0, "a" * 64, 200)
 H2 = ("2" * 64, "", 100, 0, "b" * 64, 200)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path, clock, monkeypatch):
-    return new_store(tmp_path, clock, monkeypatch)
 
 
 @pytest.fixture
