@@ -91,17 +91,9 @@ class Steps:
         if self.finished:
             return Answer(swarm_pb2.BATCH_FINISHED, v, f"the run reached max_steps={self.max_steps}")
         devices = self.members.trainer_devices(node_id)
-        gpus = [m for m, d in devices.items() if d == "cuda" and m != node_id]
-        if devices.get(node_id) != "cuda" and gpus:
-            # Standing by rather than re-syncing after every step: that would copy a GPU worker's
-            # whole training state each time for nothing.
-            return Answer(
-                swarm_pb2.BATCH_WAIT,
-                v,
-                f"standing by: {len(gpus)} GPU trainer{'s' * (len(gpus) != 1)} train this run, and a "
-                "step's workers share a device type; this trainer takes over when none is live",
-                retry_after_s=2.0,
-            )
+        standby = self._standby(node_id, devices)
+        if standby:
+            return Answer(swarm_pb2.BATCH_WAIT, v, standby, retry_after_s=2.0)
         if step != v:
             return Answer(
                 swarm_pb2.BATCH_RESYNC,
@@ -117,6 +109,25 @@ class Steps:
                 f"step {v} has {have}/{self.prompts_per_step} groups",
                 retry_after_s=0.25,
             )
+        team = self._team(v, batch, node_id, devices, missing)
+        if isinstance(team, Answer):
+            return team
+        message = ""
+        if missing and failed_attempt == team.attempt:
+            message = self.weigh_claim(v, team, node_id, missing)
+        if node_id not in team.members:
+            return Answer(
+                swarm_pb2.BATCH_WAIT,
+                v,
+                f"step {v} is trained by {len(team.members)} other workers; join the next step",
+                retry_after_s=0.5,
+            )
+        with self.store.tx():
+            self.store.touch_node(node_id, activity="training")
+        return Answer(swarm_pb2.BATCH_READY, v, message, team=team, batch=batch)
+
+    def _team(self, v: int, batch, node_id: str, devices: dict[str, str], missing) -> StepTeam | Answer:
+        """Step v's team: the one formed, or formed now (or again), or a wait for syncing trainers."""
         team = self.teams.get(v)
         lost = team is not None and not team.reports and not self.members.any_alive(team.members)
         if team is None:
@@ -132,19 +143,19 @@ class Steps:
             # none yet, or every worker of it died before reporting: the ones here form it again (not
             # from a call retrying an all-reduce, whose worker still holds its old shard's gradient)
             team = self.form_team(v, batch, node_id, devices, attempt=team.attempt + 1 if team else 0)
-        message = ""
-        if missing and failed_attempt == team.attempt:
-            message = self.weigh_claim(v, team, node_id, missing)
-        if node_id not in team.members:
-            return Answer(
-                swarm_pb2.BATCH_WAIT,
-                v,
-                f"step {v} is trained by {len(team.members)} other workers; join the next step",
-                retry_after_s=0.5,
-            )
-        with self.store.tx():
-            self.store.touch_node(node_id, activity="training")
-        return Answer(swarm_pb2.BATCH_READY, v, message, team=team, batch=batch)
+        return team
+
+    def _standby(self, node_id: str, devices: dict[str, str]) -> str:
+        """Why a trainer that is not on a GPU stands by while GPU trainers are live ("" if it trains).
+        Standing by rather than re-syncing after every step: that would copy a GPU worker's whole
+        training state each time for nothing."""
+        gpus = [m for m, d in devices.items() if d == "cuda" and m != node_id]
+        if devices.get(node_id) == "cuda" or not gpus:
+            return ""
+        return (
+            f"standing by: {len(gpus)} GPU trainer{'s' * (len(gpus) != 1)} train this run, and a "
+            "step's workers share a device type; this trainer takes over when none is live"
+        )
 
     def batch(self, v: int) -> list[Rollout]:
         """Step v's batch, assigned now if enough fresh rollouts wait; [] while they do not."""
