@@ -10,18 +10,10 @@ import time
 import pytest
 
 from swarmgrpo.protocol import swarm_pb2
-from tests.integration.netfixtures import Network
 from tests.integration.test_forged_logprobs import _forged
 from tests.integration.test_network import _await, _count, _join
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {}))
-    yield net
-    net.close()
 
 
 def _one_flat_group(lease, tok) -> swarm_pb2.SubmitRequest:
