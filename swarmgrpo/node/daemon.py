@@ -18,7 +18,6 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,6 +30,7 @@ from swarmgrpo.core.device import probe, resolve_device
 from swarmgrpo.core.errors import UserError
 from swarmgrpo.node.engines.base import Engine, SamplingParams
 from swarmgrpo.node.engines.choose import build_engine
+from swarmgrpo.node.options import NodeOptions
 from swarmgrpo.p2p import train_state
 from swarmgrpo.p2p.allreduce import AllReduceError, Member
 from swarmgrpo.p2p.gradients import GradientAverager
@@ -74,35 +74,6 @@ ROLES = {"rollout": swarm_pb2.ROLE_ROLLOUT, "train": swarm_pb2.ROLE_TRAIN}
 # answer comes the moment work or a new policy appears (no polling delay), and SIGTERM is
 # honoured at the latest this long after it arrives.
 LONG_POLL_S = 5.0
-
-
-@dataclass
-class NodeOptions:
-    join: str
-    token: str
-    roles: str = "auto"
-    state_dir: str = "~/.cache/swarmgrpo/node"
-    weights_dir: str = ""
-    """Folder shared by all nodes for weight files (the file transport); empty = libp2p."""
-    weights_dtype: str = "bfloat16"
-    max_prompts: int = 2
-    threads: int = 0
-    engine: str = ""
-    """Rollout engine of this node ("auto", "vllm", "transformers"); empty = the run config's."""
-    device: str = ""
-    """Where this node trains or runs the transformers engine ("auto", "cpu", "cuda"); empty = the
-    run config's `device`."""
-    weights_format: str = "auto"
-    """What a rollout node fetches when the run ships FP8 weights (`weights_fp8`): "fp8" (~0.6x the
-    bytes; rollouts from FP8-rounded weights, which the importance weight corrects), "bf16" (the
-    transfer encoding), or "auto": fp8 when this node's rollouts run in FP8 anyway (vLLM on an FP8
-    GPU), else bf16. Trainers always fetch the transfer encoding."""
-    initial_peers: list[str] = field(default_factory=list)
-    p2p_listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
-    """libp2p listen multiaddrs of the weight server (loopback only: /ip4/127.0.0.1/tcp/0)."""
-    coordinator_patience_s: float = math.inf
-    """How long the node waits for a coordinator that does not answer (restarting, or the network is
-    down) before it leaves; it retries every few seconds meanwhile. Default: as long as it takes."""
 
 
 class Node:
