@@ -17,7 +17,9 @@ BF16, FP8_BYTES = b"bf16 weights", b"fp8"
 
 
 def _policy(version=5, weight_hash="h16", **kw) -> swarm_pb2.PolicyState:
-    return swarm_pb2.PolicyState(policy_version=version, weight_hash=weight_hash, weight_bytes=len(BF16), **kw)
+    return swarm_pb2.PolicyState(
+        policy_version=version, weight_hash=weight_hash, weight_bytes=len(BF16), **kw
+    )
 
 
 def _sync(fp8=False, **kw):
