@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+from lib.output import json_answer, write_json
+
 from swarmgrpo.coordinator.runlog import read_table
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 TARGET_SPEEDUP_K1 = 1.8
@@ -118,40 +120,15 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     root = Path(args.out) / f"seed{seed}-k{k}"
     subprocess.run(["rm", "-rf", str(root)], check=True)
     root.mkdir(parents=True)
-    cfg = root / "run.toml"
-    cfg.write_text(run_config(args, k, root / "coordinator", seed))
-    procs = Processes(root)
-    try:
-        ports = procs.start_coordinator(cfg, root / "coordinator")
-        grpc_addr = ports["grpc"]
-        common = [
-            "--join",
-            grpc_addr,
-            "--token",
-            "bench",
-            "--threads",
-            "1",
-        ]
-        if args.weights == "file":
-            common += ["--weights-dir", str(root / "weights")]
-        trainer = procs.start(
-            "trainer", ["node", *common, "--roles", "train", "--state-dir", str(root / "trainer")], cpu=1
-        )
-        rollout_args = [
-            "--roles",
-            "rollout",
-            "--state-dir",
-            str(root / "rollout"),
-            "--max-prompts",
-            str(args.prompts),
-        ]
-        rollout = procs.start("rollout", ["node", *common, *rollout_args], cpu=0)
+    with LocalNetwork(root, tomllib.loads(run_config(args, k, root / "coordinator", seed))) as net:
+        net.start_coordinator()
+        trainer = net.start_node("trainer", "train", "--threads", "1", weights=args.weights, cpu=1)
+        rollout_args = ["--threads", "1", "--max-prompts", str(args.prompts)]
+        rollout = net.start_node("rollout", "rollout", *rollout_args, weights=args.weights, cpu=0)
         for p, name in ((trainer, "trainer"), (rollout, "rollout")):
             if p.wait(3600) != 0:
-                raise SystemExit(f"{name} failed:\n" + procs.log(name)[-3000:])
-        rows, leases = read_table(ports["http"], "versions"), read_table(ports["http"], "leases")
-    finally:
-        procs.stop()
+                raise SystemExit(f"{name} failed:\n" + net.log(name)[-3000:])
+        rows, leases = read_table(net.http, "versions"), read_table(net.http, "leases")
     times = [v["published_at"] for v in rows]
     metrics = [v["metrics"] for v in rows]
     steps_per_s = (len(times) - 1) / (times[-1] - times[0])
@@ -211,7 +188,7 @@ def evaluate(args, model: str) -> dict:
         capture_output=True,
         text=True,
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json_answer(out.stdout)
     acc, n = result["accuracy"], result["n"]
     result["stderr"] = (acc * (1 - acc) / n) ** 0.5
     return result
@@ -306,9 +283,7 @@ def main(argv=None) -> None:
             )
         if args.eval_every:
             print_evals(pairs)
-    if args.json_out:
-        out = {"args": vars(args), "base_eval": base_eval, "results": results}
-        Path(args.json_out).write_text(json.dumps(out, indent=1))
+    write_json(args.json_out, {"args": vars(args), "base_eval": base_eval, "results": results})
 
 
 if __name__ == "__main__":

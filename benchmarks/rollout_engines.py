@@ -28,10 +28,13 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+from lib.output import json_answer, write_json
+
 from swarmgrpo.coordinator.runlog import read_status, read_table
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork, child_env
 
 TARGET_VLLM_RATIO = 3.0
 TARGET_WORKER_RATIO = 0.95
@@ -108,7 +111,7 @@ def bench_prompts(args) -> list[list[int]]:
 
 def node_env(args) -> dict:
     """The environment of every engine process: a node's (one OpenMP thread unless `--threads`)."""
-    env = dict(Processes(Path(args.out)).env)
+    env = child_env()
     if args.preload_iomp:
         lib = Path(sys.prefix) / "lib" / "libiomp5.so"
         if not lib.exists():
@@ -146,7 +149,7 @@ def raw(args, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--raw-worker", engine, *sys.argv[1:]]
     env = node_env(args)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    rounds = json.loads(out.stdout.strip().splitlines()[-1])["rounds"]
+    rounds = json_answer(out.stdout)["rounds"]
     timed = rounds[1:]
     return {
         "rounds": rounds,
@@ -158,24 +161,16 @@ def worker(args, engine: str) -> dict:
     root = Path(args.out) / engine
     subprocess.run(["rm", "-rf", str(root)], check=True)
     root.mkdir(parents=True)
-    cfg = root / "run.toml"
-    cfg.write_text(run_config(args, engine, root / "coordinator"))
-    procs = Processes(root)
-    procs.env = node_env(args)
-    try:
-        ports = procs.start_coordinator(cfg, root / "coordinator")
-        grpc_addr = ports["grpc"]
-        node_args = ["node", "--join", grpc_addr, "--token", "bench", "--roles", "rollout"]
-        node_args += ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
-        node_args += ["--state-dir", str(root / "node"), "--weights-dir", str(root / "weights")]
-        procs.start("node", node_args)
-        while read_status(ports["http"])["counts"]["leases_submitted"] < args.rounds:
-            if failed := procs.failed():
+    config = tomllib.loads(run_config(args, engine, root / "coordinator"))
+    with LocalNetwork(root, config, node_env(args)) as net:
+        net.start_coordinator()
+        node_args = ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
+        net.start_node("node", "rollout", *node_args)
+        while read_status(net.http)["counts"]["leases_submitted"] < args.rounds:
+            if failed := net.failed():
                 raise SystemExit(failed)
             time.sleep(0.5)
-        leases = read_table(ports["http"], "leases")
-    finally:
-        procs.stop()
+        leases = read_table(net.http, "leases")
     submitted = [x for x in leases if x["state"] == "submitted" and x["accepted_at"] is not None]
     leases = [
         {"issued_at": x["issued_at"], "accepted_at": x["accepted_at"], "tokens": x["tokens"]}
@@ -223,8 +218,7 @@ def main(argv=None) -> None:
             f"vLLM / transformers raw = {speedup:.2f}× ({ok} the ≥ {TARGET_VLLM_RATIO}× target); workers {worker_speedup:.2f}×"
         )
         results["vllm_over_transformers"] = {"raw": speedup, "worker": worker_speedup}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    write_json(args.json_out, results)
 
 
 if __name__ == "__main__":
