@@ -21,7 +21,6 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import asdict
 
 import grpc
 
@@ -68,11 +67,11 @@ class Run:
         return encode_chat(self.tokenizer, example.messages, self.cfg.train.max_prompt_length)
 
     def reward(self, example: dict, token_ids: list[int]) -> float:
+        from swarmgrpo.trainer.completions import score_completion
         from swarmgrpo.trainer.tasks import Example
 
-        ex = Example(example["id"], tuple(example["messages"]), example["answer"], example.get("meta", {}))
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return self.task.reward(text, ex, len(token_ids), self.cfg.train.max_completion_length)
+        ex, max_tokens = Example.from_row(example), self.cfg.train.max_completion_length
+        return score_completion(self.tokenizer, self.task, ex, token_ids, max_tokens).reward
 
 
 class StrangerRefused(Exception):
@@ -484,7 +483,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
     def _issue_prompt(self) -> int:
         index = int(self.store.get_meta("next_prompt_index", "0"))
         ex = self.run.example(index)
-        self.store.add_prompt(index, asdict(ex) | {"messages": list(ex.messages)}, self.run.encode(ex))
+        self.store.add_prompt(index, ex.as_row(), self.run.encode(ex))
         self.store.set_meta("next_prompt_index", index + 1)
         return index
 
