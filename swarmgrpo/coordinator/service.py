@@ -34,6 +34,7 @@ from swarmgrpo.coordinator.teams import TRAIN, NoTrainSlot, StepTeam, grant_role
 from swarmgrpo.core.configtree import render_toml
 from swarmgrpo.protocol import PROTOCOL_VERSION, sizes, swarm_pb2, swarm_pb2_grpc, validate
 from swarmgrpo.protocol.signing import AuthError, ReplayGuard, verify
+from swarmgrpo.trainer.rollouts import add_train_group, behavior_logprobs, completion_ids, wire_tokens
 
 log = logging.getLogger("swarmgrpo.coordinator")
 
@@ -543,10 +544,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         refused = self._closed_lease_reply(lease)
         if refused is not None:
             return refused
-        groups = [
-            (self.store.prompt(g.prompt_index)[0], [list(c.token_ids) for c in g.completions])
-            for g in request.groups
-        ]
+        groups = [(self.store.prompt(g.prompt_index)[0], completion_ids(g)) for g in request.groups]
         try:
             rewards = await self.scorer.score(groups)  # off the event loop: other RPCs go on meanwhile
         except OverBudget as e:
@@ -557,7 +555,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         refused = self._closed_lease_reply(lease)
         if refused is not None:
             return refused
-        tokens = sum(len(c.token_ids) for g in request.groups for c in g.completions)
+        tokens = wire_tokens(request.groups)
         with self.store.tx():
             for g, r in zip(request.groups, rewards, strict=True):
                 self.store.add_rollout(
@@ -565,8 +563,8 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
                     lease.lease_id,
                     node_id,
                     lease.policy_version,
-                    [list(c.token_ids) for c in g.completions],
-                    [list(c.logprobs) for c in g.completions],
+                    completion_ids(g),
+                    behavior_logprobs(g),
                     r,
                 )
             self.store.close_lease(lease, "submitted", done=[g.prompt_index for g in request.groups])
@@ -669,15 +667,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         by_id = {r.id: r for r in batch}
         for rid in team.shards[node_id]:
             r = by_id[rid]
-            _, prompt_ids = self.store.prompt(r.prompt_index)
-            g = reply.groups.add(
-                prompt_index=r.prompt_index,
-                prompt_token_ids=prompt_ids,
-                rewards=r.rewards,
-                policy_version=r.policy_version,
-            )
-            for ids, lps in zip(r.completions, r.logprobs, strict=True):
-                g.completions.add(token_ids=ids, logprobs=lps)
+            add_train_group(reply, r, self.store.prompt(r.prompt_index)[1])
         return reply
 
     def _live_nodes(self, asking: str = "") -> list[dict]:

@@ -63,7 +63,7 @@ from swarmgrpo.trainer.checkpoint import (
 )
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model, model_device
-from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.rollouts import group_from_wire, submission, wire_tokens
 from swarmgrpo.trainer.step import GRPOStep
 
 log = logging.getLogger("swarmgrpo.node")
@@ -529,15 +529,8 @@ class Node:
         t0 = time.perf_counter()
         outs = self.engine.generate(prompts, lease.group_size, params)
         elapsed = time.perf_counter() - t0
-        req = swarm_pb2.SubmitRequest(
-            lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=elapsed
-        )
-        tokens = 0
-        for p, comps in zip(lease.prompts, outs, strict=True):
-            g = req.groups.add(prompt_index=p.prompt_index)
-            for c in comps:
-                g.completions.add(token_ids=c.token_ids, logprobs=c.logprobs)
-                tokens += len(c.token_ids)
+        req = submission(lease, outs, elapsed)
+        tokens = wire_tokens(req.groups)
         self.tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
         return req
 
@@ -573,16 +566,7 @@ class Node:
         self.activity = "training"
         t0 = time.perf_counter()
         self.attempt = reply.attempt
-        groups = [
-            RolloutGroup(
-                prompt_ids=list(g.prompt_token_ids),
-                completion_ids=[list(c.token_ids) for c in g.completions],
-                behavior_logprobs=[list(c.logprobs) for c in g.completions],
-                rewards=list(g.rewards),
-                policy_version=g.policy_version,
-            )
-            for g in reply.groups
-        ]
+        groups = [group_from_wire(g) for g in reply.groups]
         metrics = step.compute_gradients(groups)
         set_aside = self._set_aside(step, reply)
         metrics["shard_weight"] = step.shard_weight(groups)  # how the coordinator combines the shards' loss

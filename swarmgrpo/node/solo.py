@@ -26,7 +26,7 @@ from swarmgrpo.trainer.completions import score_completion
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.prompts import encode_chat
-from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.rollouts import RolloutGroup, group_from_completions
 from swarmgrpo.trainer.step import GRPOStep
 from swarmgrpo.trainer.tasks import Example, Task, make_task
 
@@ -95,15 +95,14 @@ def rollout(
     outs = engine.generate(prompts, cfg.num_generations, params)
     gen_s = time.perf_counter() - t0
     groups = [
-        RolloutGroup(
-            prompt_ids=p,
-            completion_ids=[c.token_ids for c in comps],
-            behavior_logprobs=[c.logprobs for c in comps],
-            rewards=[
+        group_from_completions(
+            p,
+            comps,
+            [
                 score_completion(tokenizer, task, ex, c.token_ids, cfg.max_completion_length).reward
                 for c in comps
             ],
-            policy_version=version,
+            version,
         )
         for p, ex, comps in zip(prompts, examples, outs, strict=True)
     ]
