@@ -10,8 +10,9 @@ import time
 import pytest
 
 from swarmgrpo.protocol import swarm_pb2
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.netfixtures import Network
-from tests.integration.test_forged_logprobs import _forged
+from tests.integration.test_forged_logprobs import _forged_group
 from tests.integration.test_network import _await, _count, _join
 
 pytestmark = pytest.mark.integration
@@ -30,11 +31,8 @@ def _one_flat_group(lease, tok) -> swarm_pb2.SubmitRequest:
     mixed = [
         tok.encode(t, add_special_tokens=False) for t in ("HELLO WORLD", "hello world", "HELLO", "Hello")
     ]
-    req = _forged(lease, mixed, -2.0)
-    del req.groups[0].completions[:]
-    for ids in same:
-        req.groups[0].completions.add(token_ids=ids, logprobs=[-2.0] * len(ids))
-    return req
+    groups = [_forged_group(same, -2.0), _forged_group(mixed, -2.0)]
+    return submission(lease, groups[: len(lease.prompts)], generation_s=0.1)
 
 
 @pytest.mark.parametrize(
