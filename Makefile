@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint format bench proto clean-venv
+.PHONY: demo test test-slow lint format bench proto docs clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench: $(STAMP)
 # Regenerate the wire modules after editing swarmgrpo/protocol/swarm.proto (a test checks they match).
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. swarmgrpo/protocol/swarm.proto
+
+# Regenerate docs/operators.md's tables from the config classes' field docstrings (a test checks it).
+docs: $(STAMP)
+	PYTHONPATH=. $(PY) scripts/operators_doc.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ ratio against the float32 all-reduce of the same gradients.
 
 With `--wan` (root), every peer runs in its own network namespace behind links shaped to
 `--rate-mbit` both ways, reaching the others only through a relay that adds `--rtt-ms` of round-trip
-time (`benchmarks/wan.py`); each row then also gives the physical limit of the round, the bytes the
+time (`benchmarks/lib/wan.py`); each row then also gives the physical limit of the round, the bytes the
 busiest peer sends over its link plus one round trip per all-reduce (a slice must reach its owner
 and its mean come back; PowerSGD runs two all-reduces in turn), and the measured time's ratio to it.
 
@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from wan import Wan  # benchmarks/wan.py, beside this script
+from lib.output import write_json
+from lib.wan import Wan
 
 from swarmgrpo.trainer.config import GRAD_COMPRESSIONS as COMPRESSIONS
 
@@ -288,8 +289,7 @@ def _report(args, rows) -> None:
     if args.wan:
         worst = max(r["x_limit"] for r in rows)
         print(f"slowest round against its physical limit: {worst:.2f}x (target <= {TARGET_X_LIMIT})")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"rows": rows, "argv": sys.argv[1:]}, indent=1))
+    write_json(args.json_out, {"rows": rows, "argv": sys.argv[1:]})
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lib.output import json_answer, write_json
+
 from swarmgrpo.localnet import Processes
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
@@ -214,7 +216,7 @@ def evaluate(args, model: str) -> dict:
         capture_output=True,
         text=True,
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json_answer(out.stdout)
     acc, n = result["accuracy"], result["n"]
     result["stderr"] = (acc * (1 - acc) / n) ** 0.5
     return result
@@ -309,9 +311,7 @@ def main(argv=None) -> None:
             )
         if args.eval_every:
             print_evals(pairs)
-    if args.json_out:
-        out = {"args": vars(args), "base_eval": base_eval, "results": results}
-        Path(args.json_out).write_text(json.dumps(out, indent=1))
+    write_json(args.json_out, {"args": vars(args), "base_eval": base_eval, "results": results})
 
 
 if __name__ == "__main__":

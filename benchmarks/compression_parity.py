@@ -21,25 +21,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
-import json
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+from lib.output import write_json
+from lib.parity import parity_config, step_groups
 
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
-from swarmgrpo.node.solo import rollout
 from swarmgrpo.p2p.allreduce import Member
 from swarmgrpo.p2p.gradients import COMPRESSIONS, GradientAverager
 from swarmgrpo.p2p.host import PeerHost
-from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.step import GRPOStep
 from swarmgrpo.trainer.tasks import make_task
-from swarmgrpo.trainer.tasks.config import TaskConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,25 +74,10 @@ def _digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def run_config(args, seed: int, compression: str = "none") -> TrainConfig:
-    """The parity run's config (also replayed by ef_under_adam.py): tiny model, uppercase task."""
-    return TrainConfig(
-        model="tiny",
-        task=TaskConfig(name="uppercase", reward_weights={"correctness": 1.0}),
-        seed=seed,
-        num_generations=args.num_generations,
-        generation_batch_size=args.prompts * args.num_generations,
-        max_completion_length=args.max_completion_length,
-        learning_rate=args.learning_rate,
-        grad_compression=compression,
-        powersgd_rank=getattr(args, "rank", 1),
-    )
-
-
 def run(args, compression: str, seed: int) -> list[float]:
     """One seeded run; returns the mean reward of every step."""
     torch.manual_seed(seed)
-    cfg = run_config(args, seed, compression)
+    cfg = parity_config(args, seed, compression)
     task = make_task(cfg.task)
     replicas = [load_model("tiny", seed=seed) for _ in range(args.workers)]
     tokenizer = replicas[0][1]
@@ -116,9 +97,8 @@ def run(args, compression: str, seed: int) -> list[float]:
     try:
         with ThreadPoolExecutor(args.workers) as pool:
             for t in range(args.steps):
-                examples = list(itertools.islice(stream, args.prompts))
-                groups, _, _ = rollout(
-                    engine, tokenizer, task, examples, cfg, steps[0].version, seed=seed * 100_000 + t
+                groups = step_groups(
+                    engine, tokenizer, task, stream, cfg, steps[0].version, args.prompts, seed, t
                 )
                 rewards.append(statistics.mean(r for g in groups for r in g.rewards))
                 ordered = groups  # the coordinator's split: every N-th group, by prompt order
@@ -185,10 +165,7 @@ def main(argv=None) -> int:
         print(f"{comp:12} {per_seed:30} {mean:>6.3f} {gap:>+7.3f}   {statistics.mean(area[comp]):.3f}")
     if base:
         print(f"noise: 'none' varies by {spread:.3f} (max - min) across seeds; a |gap| within it is parity")
-    if args.json_out:
-        Path(args.json_out).write_text(
-            json.dumps({"args": vars(args), "curves": curves, "final": final, "area": area}, indent=1)
-        )
+    write_json(args.json_out, {"args": vars(args), "curves": curves, "final": final, "area": area})
     return 0
 
 

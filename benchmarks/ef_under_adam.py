@@ -28,15 +28,13 @@ small; if the mechanism holds, under AdamW int8's is large and fp8's small.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 
 import torch
-from compression_parity import run_config  # benchmarks/, beside this script
+from lib.parity import parity_config, step_groups
 
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
-from swarmgrpo.node.solo import rollout
 from swarmgrpo.p2p import compression
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
@@ -59,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def record_gradients(args, seed: int) -> tuple[list[torch.Tensor], TrainConfig]:
     """The clipped gradient (flat, float32) of every step of one seeded float32 run."""
     torch.manual_seed(seed)
-    cfg = run_config(args, seed)
+    cfg = parity_config(args, seed)
     model, tokenizer = load_model("tiny", seed=seed)
     task = make_task(cfg.task)
     step = GRPOStep(model, cfg, tokenizer.pad_token_id)
@@ -68,8 +66,7 @@ def record_gradients(args, seed: int) -> tuple[list[torch.Tensor], TrainConfig]:
     params = [p for p in model.parameters() if p.requires_grad]
     grads = []
     for t in range(args.steps):
-        examples = list(itertools.islice(stream, args.prompts))
-        groups, _, _ = rollout(engine, tokenizer, task, examples, cfg, step.version, seed=seed * 100_000 + t)
+        groups = step_groups(engine, tokenizer, task, stream, cfg, step.version, args.prompts, seed, t)
         step.compute_gradients(groups)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)  # apply() clips again: a no-op now
         grads.append(torch.cat([p.grad.reshape(-1).float() for p in params]))

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from lib.output import json_answer, write_json
+
 from swarmgrpo.localnet import Processes
 
 TARGET_VLLM_RATIO = 3.0
@@ -146,7 +148,7 @@ def raw(args, engine: str) -> dict:
     cmd = [sys.executable, __file__, "--raw-worker", engine, *sys.argv[1:]]
     env = node_env(args)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    rounds = json.loads(out.stdout.strip().splitlines()[-1])["rounds"]
+    rounds = json_answer(out.stdout)["rounds"]
     timed = rounds[1:]
     return {
         "rounds": rounds,
@@ -236,8 +238,7 @@ def main(argv=None) -> None:
             f"vLLM / transformers raw = {speedup:.2f}× ({ok} the ≥ {TARGET_VLLM_RATIO}× target); workers {worker_speedup:.2f}×"
         )
         results["vllm_over_transformers"] = {"raw": speedup, "worker": worker_speedup}
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+    write_json(args.json_out, results)
 
 
 if __name__ == "__main__":

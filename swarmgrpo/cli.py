@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser(
         "bench",
-        help="run one of the benchmarks (a source checkout's benchmarks/): no name lists them",
+        help="run one of the benchmarks (benchmarks/ of the source checkout you are in): no name lists them",
         description="Runs benchmarks/NAME.py with this Python; what follows NAME goes to it "
         "(swarmgrpo bench fp8 --help shows its options).",
     )
@@ -174,10 +174,6 @@ def _eval(args) -> int:
         for answer, text, ok in result.samples:
             print(f"  [{'ok' if ok else '--'}] want {answer}: {text.strip()[:80]!r}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _seconds_or_forever(text: str) -> float:
@@ -276,18 +272,17 @@ def _status(args) -> int:
 
 
 def _bench(args) -> int:
-    """The benchmarks are scripts beside the package in a source checkout, not part of a wheel."""
+    """The benchmarks are scripts in a source checkout, not part of the package: they are looked
+    for in the current directory, the checkout's root."""
     import ast
     import subprocess
     from pathlib import Path
 
-    import swarmgrpo
-
-    folder = Path(swarmgrpo.__file__).resolve().parents[1] / "benchmarks"
-    if not folder.is_dir():
+    folder = Path.cwd() / "benchmarks"
+    if not (folder / "README.md").is_file():
         raise UserError(
-            "the benchmarks come with the source checkout, not the installed package: "
-            "clone the repository and run `swarmgrpo bench` from its editable install (pip install -e .)"
+            f"no benchmarks/ in {Path.cwd()}: the benchmarks come with the source checkout, not the "
+            "installed package; run `swarmgrpo bench` from the root of a clone of the repository"
         )
     scripts = {}
     for path in sorted(folder.glob("*.py")):
@@ -299,10 +294,14 @@ def _bench(args) -> int:
         for name, (_, summary) in scripts.items():
             print(f"{name:20} {summary}")
         print(
-            f"\nswarmgrpo bench NAME [its arguments]; NAME --help for its options; {folder / 'README.md'} for the figures"
+            f"\nswarmgrpo bench NAME [its arguments]; NAME --help for its options; {folder / 'results'} for the figures"
         )
         return 0
     if args.name not in scripts:
         raise UserError(f"no benchmark '{args.name}'; there are: {', '.join(scripts)}")
     path = scripts[args.name][0]
     return subprocess.run([sys.executable, str(path), *args.args], cwd=folder.parent).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,7 @@ The checks, cheapest first (nothing of a request that fails one is stored):
    (`max_receive_bytes`);
 2. the door refuses a message longer than its own method's largest valid request
    (swarmgrpo/protocol/sizes.py) before parsing it, then bytes that do not parse as that message;
-3. CoordinatorService._checked: the node id (or Join's token), the Auth's lengths and clock, the
+3. Admission.checked (admission.py): the node id (or Join's token), the Auth's lengths and clock, the
    signature, then the node's own budget, every field, and the nonce.
 
 Who pays: a request refused before its signature checked out, a Join (each may bring a new key) and

@@ -36,6 +36,7 @@ from swarmgrpo.p2p import compression
 from swarmgrpo.protocol import swarm_pb2
 
 REDUCE, GATHER = 0, 1  # AllReducePart.phase
+SEND_WINDOW = 2  # segments a sender has in flight to one member, per phase; as many held per peer
 EARLY_PARTS = 64  # parts of rounds not started here, held at once
 EARLY_SEGMENTS = 8  # their bytes in all, in whole segments of the largest codec
 

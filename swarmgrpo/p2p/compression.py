@@ -23,7 +23,7 @@ Codecs (the run config's `compression`, see `allreduce`):
   relative precision down to 2^-15 of its block's largest (subnormals to 2^-17) where `int8` sends
   everything below 1/254 of it as 0. AdamW normalises each element, so a small gradient matters as
   much as a large one; measured, `int8` slowed learning even with error feedback, where this one
-  keeps up with float32 (README, "does compression cost learning?"). 67 M values on one core:
+  keeps up with float32 (benchmarks/results/compression_parity.md). 67 M values on one core:
   encode 0.51 s, decode 0.16 s (int8: 0.46 s, 0.08 s in the same run);
 - `uint8`: hivemind's uniform 8-bit quantization (256 buckets over ±3σ around the mean, each sent
   as the mean of its members). PowerSGD is not a codec but a reducer of its own (`powersgd`), which sends

@@ -205,16 +205,16 @@ def test_a_range_sent_twice_is_placed_once():
         key = ("r", 0, 0, 1, 0)  # round, phase, part, sender, segment
 
         async def pieces():
-            await reducer._open(layout)
+            await reducer.inbox.open(layout)
             for start, end in (
                 (0, 1024),
                 (0, 1024),
                 (1024, len(data)),
             ):  # the first range twice (a retried send)
-                part = await reducer._admit(head, sender)
+                part = await reducer.inbox.admit(head, sender)
                 part.buf[start:end] = data[start:end]
-                await reducer._piece(key, part, start, end - start)
-            return await reducer._wait({key}, time.monotonic() + 5)
+                await reducer.inbox.piece(key, part, start, end - start)
+            return await reducer.inbox.wait({key}, time.monotonic() + 5)
 
         weight, got = host.call(pieces())[key]
         assert (weight, bytes(got)) == (2.0, data)
@@ -235,7 +235,7 @@ def test_a_failed_stream_sends_only_its_range_again():
     head = swarm_pb2.AllReducePart(round_id="flaky", phase=0, part=0, sender=1, weight=1.0)
     key = ("flaky", 0, 0, 1, 0)
     second = len(data) // sender.streams  # where the second stream's range starts
-    placed, original = [], receiver._piece
+    placed, original = [], receiver.inbox.piece
 
     async def piece(k, part, offset, length):
         placed.append(offset)
@@ -243,12 +243,12 @@ def test_a_failed_stream_sends_only_its_range_again():
             raise ConnectionResetError("dropped once by the test")
         await original(k, part, offset, length)
 
-    receiver._piece = piece
+    receiver.inbox.piece = piece
     peers = (receiver_host.peer_id, sender_host.peer_id)
-    receiver_host.call(receiver._open(Layout("flaky", peers, 0, "none", 2 * values, values)))
+    receiver_host.call(receiver.inbox.open(Layout("flaky", peers, 0, "none", 2 * values, values)))
     try:
         sender_host.call(sender._send(to_receiver, head, data, time.monotonic() + 10, index=0))
-        _, got = receiver_host.call(receiver._wait({key}, time.monotonic() + 5))[key]
+        _, got = receiver_host.call(receiver.inbox.wait({key}, time.monotonic() + 5))[key]
         assert bytes(got) == data
         assert sender.last_resent == 1 and sender.last_streams == sender.streams + 1
         assert sorted(placed) == sorted(

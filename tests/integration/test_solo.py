@@ -161,7 +161,7 @@ def test_eval_json(tmp_path):
 
 
 def test_bench_lists_the_benchmarks_runs_one_and_refuses_an_unknown_name():
-    listed = _cli("bench")
+    listed = _cli("bench", cwd=REPO)  # the benchmarks are found in the checkout it runs from
     assert listed.returncode == 0, listed.stderr
     names = [
         line.split()[0]
@@ -169,8 +169,8 @@ def test_bench_lists_the_benchmarks_runs_one_and_refuses_an_unknown_name():
     ]
     assert names == sorted(p.stem for p in (REPO / "benchmarks").glob("*.py"))
     assert "FP8 linear layers against bf16" in listed.stdout
-    shown = _cli("bench", "fp8", "--help")  # what follows the name is the benchmark's own
+    shown = _cli("bench", "fp8", "--help", cwd=REPO)  # what follows the name is the benchmark's own
     assert shown.returncode == 0 and shown.stdout.startswith("usage: fp8.py"), shown.stderr
-    unknown = _cli("bench", "fp9")
+    unknown = _cli("bench", "fp9", cwd=REPO)
     assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
     assert "error: no benchmark 'fp9'; there are: allreduce," in unknown.stderr

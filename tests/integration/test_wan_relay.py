@@ -1,4 +1,4 @@
-"""The WAN benchmark's delaying relay (benchmarks/wan.py) forwards every byte, in order, late."""
+"""The WAN benchmark's delaying relay (benchmarks/lib/wan.py) forwards every byte, in order, late."""
 
 import socket
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
-WAN = Path(__file__).resolve().parents[2] / "benchmarks" / "wan.py"
+WAN = Path(__file__).resolve().parents[2] / "benchmarks" / "lib" / "wan.py"
 
 
 def _echo_server() -> tuple[socket.socket, int]:

@@ -8,7 +8,8 @@ from hivemind.compression import serialize_torch_tensor
 from hivemind.proto import runtime_pb2
 
 from swarmgrpo.p2p import compression
-from swarmgrpo.p2p.allreduce import SEND_WINDOW, AllReduceError, _decode_mean, _weighted_mean
+from swarmgrpo.p2p.allreduce import SEND_WINDOW, AllReduceError
+from swarmgrpo.p2p.allreduce_math import decode_mean, weighted_mean
 from swarmgrpo.p2p.allreduce_parts import (
     EARLY_PARTS,
     EARLY_SEGMENTS,
@@ -114,26 +115,26 @@ def test_an_owner_refuses_non_finite_or_wrong_sized_parts_naming_the_member():
     good = torch.ones(10)
     for bad in (torch.tensor([1.0] * 9 + [math.nan]), torch.tensor([math.inf] + [1.0] * 9), torch.ones(11)):
         with pytest.raises(AllReduceError) as caught:
-            _weighted_mean("none", [_part(good), _part(bad)], 10, None, 0)
+            weighted_mean("none", [_part(good), _part(bad)], 10, None, 0)
         assert caught.value.culprits == [1] and caught.value.missing == [1]
     with pytest.raises(AllReduceError, match="overflows float32") as caught:
-        _weighted_mean("none", [_part(good), _part(torch.full((10,), 3e38), 2.0)], 10, None, 0)
+        weighted_mean("none", [_part(good), _part(torch.full((10,), 3e38), 2.0)], 10, None, 0)
     assert caught.value.culprits == [1]
-    mean = compression.decode_part(_weighted_mean("none", [_part(good), _part(3 * good, 3.0)], 10, None, 0))
+    mean = compression.decode_part(weighted_mean("none", [_part(good), _part(3 * good, 3.0)], 10, None, 0))
     assert torch.equal(mean, torch.full((10,), 2.5))
 
 
 def test_a_member_refuses_a_non_finite_mean_naming_its_owner():
     out = torch.empty(4)
     with pytest.raises(AllReduceError, match="non-finite") as caught:
-        _decode_mean(
+        decode_mean(
             compression.encode_part("none", torch.tensor([1.0, math.nan, 2.0, 3.0])),
             out,
             ("r", GATHER, 2, 2, 0),
         )
     assert caught.value.culprits == [2]
     with pytest.raises(AllReduceError, match="does not decode") as caught:
-        _decode_mean(compression.encode_part("none", torch.ones(5)), out, ("r", GATHER, 1, 1, 0))
+        decode_mean(compression.encode_part("none", torch.ones(5)), out, ("r", GATHER, 1, 1, 0))
     assert caught.value.culprits == [1]
 
 

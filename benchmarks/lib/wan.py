@@ -16,7 +16,7 @@ the delay, so the sender's TCP sees a short RTT and the delay adds to every mess
 rather than throttling a window; the link speeds are the tbf rates.
 
 Needs root (`ip netns`, `tc`). `Wan` sets everything up and tears it down (also on errors); the
-relay is `python benchmarks/wan.py relay --delay-ms D LISTEN_HOST:PORT=TARGET_HOST:PORT ...`.
+relay is `python benchmarks/lib/wan.py relay --delay-ms D LISTEN_HOST:PORT=TARGET_HOST:PORT ...`.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ async def _serve_relay(routes: list[tuple[str, int, str, int]], delay_s: float) 
 
 
 def relay_main(argv: list[str]) -> None:
-    p = argparse.ArgumentParser(prog="wan.py relay")
+    p = argparse.ArgumentParser(prog="lib/wan.py relay")
     p.add_argument("--delay-ms", type=float, required=True, help="added one-way delay")
     p.add_argument("routes", nargs="+", help="LISTEN_HOST:PORT=TARGET_HOST:PORT")
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""The vLLM engine against the transformers model it must agree with (marker `vllm`).
+"""The vLLM engine against the transformers model it must agree with (marker `vllm`): it starts real
+vLLM engines (tens of seconds), so it sits with the integration tests.
 
 A tiny Llama saved to a folder (vLLM loads from disk; its CPU attention needs head_dim ≥ 32), in
 float32, so log-probs can be compared to ~1e-5. `make test` installs vLLM and sets
