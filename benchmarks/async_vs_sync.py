@@ -30,11 +30,12 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from lib.output import json_answer, write_json
 
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 TARGET_SPEEDUP_K1 = 1.8
@@ -120,38 +121,14 @@ def run_one(args, k: int, seed: int = 0) -> dict:
     root = Path(args.out) / f"seed{seed}-k{k}"
     subprocess.run(["rm", "-rf", str(root)], check=True)
     root.mkdir(parents=True)
-    cfg = root / "run.toml"
-    cfg.write_text(run_config(args, k, root / "coordinator", seed))
-    procs = Processes(root)
-    try:
-        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
-        common = [
-            "--join",
-            grpc_addr,
-            "--token",
-            "bench",
-            "--threads",
-            "1",
-        ]
-        if args.weights == "file":
-            common += ["--weights-dir", str(root / "weights")]
-        trainer = procs.start(
-            "trainer", ["node", *common, "--roles", "train", "--state-dir", str(root / "trainer")], cpu=1
-        )
-        rollout_args = [
-            "--roles",
-            "rollout",
-            "--state-dir",
-            str(root / "rollout"),
-            "--max-prompts",
-            str(args.prompts),
-        ]
-        rollout = procs.start("rollout", ["node", *common, *rollout_args], cpu=0)
+    with LocalNetwork(root, tomllib.loads(run_config(args, k, root / "coordinator", seed))) as net:
+        net.start_coordinator()
+        trainer = net.start_node("trainer", "train", "--threads", "1", weights=args.weights, cpu=1)
+        rollout_args = ["--threads", "1", "--max-prompts", str(args.prompts)]
+        rollout = net.start_node("rollout", "rollout", *rollout_args, weights=args.weights, cpu=0)
         for p, name in ((trainer, "trainer"), (rollout, "rollout")):
             if p.wait(3600) != 0:
-                raise SystemExit(f"{name} failed:\n" + procs.log(name)[-3000:])
-    finally:
-        procs.stop()
+                raise SystemExit(f"{name} failed:\n" + net.log(name)[-3000:])
     db = sqlite3.connect(root / "coordinator" / "run.sqlite")
     rows = db.execute("SELECT version, published_at, metrics FROM versions ORDER BY version").fetchall()
     times = [t for _, t, _ in rows]

@@ -29,11 +29,12 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from lib.output import json_answer, write_json
 
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork, child_env
 
 TARGET_VLLM_RATIO = 3.0
 TARGET_WORKER_RATIO = 0.95
@@ -110,7 +111,7 @@ def bench_prompts(args) -> list[list[int]]:
 
 def node_env(args) -> dict:
     """The environment of every engine process: a node's (one OpenMP thread unless `--threads`)."""
-    env = dict(Processes(Path(args.out)).env)
+    env = child_env()
     if args.preload_iomp:
         lib = Path(sys.prefix) / "lib" / "libiomp5.so"
         if not lib.exists():
@@ -160,23 +161,16 @@ def worker(args, engine: str) -> dict:
     root = Path(args.out) / engine
     subprocess.run(["rm", "-rf", str(root)], check=True)
     root.mkdir(parents=True)
-    cfg = root / "run.toml"
-    cfg.write_text(run_config(args, engine, root / "coordinator"))
-    procs = Processes(root)
-    procs.env = node_env(args)
     db_path = root / "coordinator" / "run.sqlite"
-    try:
-        grpc_addr = procs.start_coordinator(cfg, root / "coordinator")["grpc"]
-        node_args = ["node", "--join", grpc_addr, "--token", "bench", "--roles", "rollout"]
-        node_args += ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
-        node_args += ["--state-dir", str(root / "node"), "--weights-dir", str(root / "weights")]
-        procs.start("node", node_args)
+    config = tomllib.loads(run_config(args, engine, root / "coordinator"))
+    with LocalNetwork(root, config, node_env(args)) as net:
+        net.start_coordinator()
+        node_args = ["--engine", engine, "--threads", str(THREADS), "--max-prompts", str(args.prompts)]
+        net.start_node("node", "rollout", *node_args)
         while _submitted(db_path) < args.rounds:
-            if failed := procs.failed():
+            if failed := net.failed():
                 raise SystemExit(failed)
             time.sleep(0.5)
-    finally:
-        procs.stop()
     db = sqlite3.connect(db_path)
     leases = db.execute(
         "SELECT l.issued_at, MAX(r.accepted_at), SUM(r.num_tokens) FROM leases l "

@@ -11,6 +11,7 @@ import math
 import sys
 
 from swarmgrpo.core.errors import UserError
+from swarmgrpo.node.options import NodeOptions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,51 +43,40 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("node", help="contribute this machine to a run")
     p.add_argument("--join", required=True, metavar="HOST:PORT", help="the coordinator's gRPC address")
     p.add_argument("--token", required=True, help="the run's join token")
-    p.add_argument(
-        "--roles", default="auto", choices=("auto", "rollout", "train"), help="what to do (auto: ask the run)"
-    )
-    p.add_argument("--state-dir", default="~/.cache/swarmgrpo/node", help="node key and trainer checkpoints")
-    p.add_argument(
-        "--weights-dir", default="", help="shared folder for weights (default: fetch from peers over libp2p)"
-    )
-    p.add_argument("--initial-peers", nargs="*", default=[], help="DHT multiaddrs to bootstrap from")
-    p.add_argument(
-        "--p2p-listen",
-        nargs="+",
-        default=["/ip4/0.0.0.0/tcp/0"],
-        help="libp2p multiaddrs to serve weights on",
-    )
+    p.add_argument("--roles", choices=("auto", "rollout", "train"), help="what to do (auto: ask the run)")
+    p.add_argument("--state-dir", help="node key and trainer checkpoints")
+    p.add_argument("--weights-dir", help="shared folder for weights (default: fetch from peers over libp2p)")
+    p.add_argument("--initial-peers", nargs="*", help="DHT multiaddrs to bootstrap from")
+    p.add_argument("--p2p-listen", nargs="+", help="libp2p multiaddrs to serve weights on")
     p.add_argument(
         "--coordinator-patience",
+        dest="coordinator_patience_s",
         type=_seconds_or_forever,
-        default=math.inf,
         metavar="SECONDS",
         help="how long to wait for a coordinator that does not answer (a restart, an outage) before "
         "leaving; the node retries every few seconds meanwhile (default: forever)",
     )
-    p.add_argument("--max-prompts", type=int, default=2, help="prompts per lease")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--max-prompts", type=int, help="prompts per lease")
+    p.add_argument("--threads", type=int, help="torch threads (0: torch's default)")
     p.add_argument(
         "--engine",
-        default="",
         choices=("", "auto", "vllm", "transformers"),
         help="rollout engine of this node (default: the run config's `engine`, itself auto by default)",
     )
     p.add_argument(
         "--device",
-        default="",
         choices=("", "auto", "cpu", "cuda"),
         help="where this node trains or samples with transformers (default: the run config's `device`, "
         "itself auto: the GPU where there is one)",
     )
     p.add_argument(
         "--weights-format",
-        default="auto",
         choices=("auto", "bf16", "fp8"),
         help="weights a rollout node fetches when the run ships FP8 (weights_fp8): fp8 (~0.6x the bytes), "
         "bf16, or auto (fp8 when this node rolls out in FP8)",
     )
-    p.set_defaults(func=_node)
+    # The defaults are NodeOptions' own: one place for them.
+    p.set_defaults(func=_node, **NodeOptions.defaults())
 
     p = sub.add_parser("demo", help="a whole network on this machine: coordinator, trainer, rollout nodes")
     p.add_argument("--config", default="deploy/demo.toml", help="run config")
@@ -211,28 +201,11 @@ def _coordinator(args) -> int:
 
 def _node(args) -> int:
     _logging()
-    from swarmgrpo.node.daemon import NodeOptions
     from swarmgrpo.node.daemon import main as run_node
 
     if args.max_prompts < 1:
         raise UserError("--max-prompts must be at least 1")
-    run_node(
-        NodeOptions(
-            join=args.join,
-            token=args.token,
-            roles=args.roles,
-            state_dir=args.state_dir,
-            weights_dir=args.weights_dir,
-            max_prompts=args.max_prompts,
-            threads=args.threads,
-            engine=args.engine,
-            device=args.device,
-            weights_format=args.weights_format,
-            initial_peers=args.initial_peers,
-            p2p_listen=args.p2p_listen,
-            coordinator_patience_s=args.coordinator_patience,
-        )
-    )
+    run_node(NodeOptions.from_namespace(args))
     return 0
 
 

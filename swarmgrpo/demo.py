@@ -19,7 +19,7 @@ from pathlib import Path
 from swarmgrpo.coordinator.config import RunConfig
 from swarmgrpo.coordinator.view import render
 from swarmgrpo.core.errors import UserError
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork
 from swarmgrpo.trainer.checkpoint import node_checkpoints
 
 
@@ -49,41 +49,20 @@ def _eval(model_path: str, cfg: RunConfig, label: str) -> dict:
 def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p") -> dict:
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfg.state_dir = str(out / "coordinator")
     cfg.join_token = cfg.join_token or secrets.token_hex(8)
-    config_path = out / "run.toml"
-    from swarmgrpo.core.configtree import render_toml
-
-    config_path.write_text(render_toml(cfg))
+    net = LocalNetwork(out, cfg)
     summary: dict = {"processes": 2 + rollout_nodes}
     t0 = time.time()
     if cfg.train.eval_n:
         summary["eval_before"] = _eval(cfg.train.model, cfg, "before")
-    procs = Processes(out)
-    try:
-        addr = procs.start_coordinator(config_path, out / "coordinator")
+    with net:
+        addr = net.start_coordinator()
         print(f"coordinator: gRPC {addr['grpc']}, status http://{addr['http']}/status", flush=True)
-        node_args = [
-            "--join",
-            addr["grpc"],
-            "--token",
-            cfg.join_token,
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ]
-        if weights == "file":
-            node_args += ["--weights-dir", str(out / "weights")]
-        procs.start("trainer", ["node", *node_args, "--roles", "train", "--state-dir", str(out / "trainer")])
+        net.start_node("trainer", "train", weights=weights)
         for i in range(rollout_nodes):
-            procs.start(
-                f"rollout{i}",
-                ["node", *node_args, "--roles", "rollout", "--state-dir", str(out / f"rollout{i}")],
-            )
-        snap = _watch(addr["http"], cfg, procs)
+            net.start_node(f"rollout{i}", "rollout", weights=weights)
+        snap = _watch(addr["http"], cfg, net)
         summary["train_wall_s"] = time.time() - t0
-    finally:
-        procs.stop()
     checkpoint = node_checkpoints(out / "trainer", cfg.run_id) / f"checkpoint-{cfg.train.max_steps}"
     summary["checkpoint"] = str(checkpoint)
     summary["steps"] = snap["steps"]
@@ -95,11 +74,11 @@ def run(cfg: RunConfig, out: Path, rollout_nodes: int = 2, weights: str = "p2p")
     return summary
 
 
-def _watch(http: str, cfg: RunConfig, procs: Processes) -> dict:
+def _watch(http: str, cfg: RunConfig, net: LocalNetwork) -> dict:
     """Print a line per published version and the node table every 15 s, until max_steps."""
     shown, last_table = 0, 0.0
     while True:
-        if msg := procs.failed():
+        if msg := net.failed():
             raise UserError(msg)
         try:
             snap = json.loads(urllib.request.urlopen(f"http://{http}/status", timeout=10).read())

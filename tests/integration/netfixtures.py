@@ -1,37 +1,30 @@
-"""Real coordinator and node processes on loopback, for the network tests and benchmarks.
+"""The network tests' run: a `swarmgrpo.localnet.LocalNetwork` with a tiny model, a short run and a
+coordinator on a fixed loopback port (so it comes back on the same address after a kill), and a
+signed client that joins it as a node would.
 
-Everything started here is a child process of the test (`swarmgrpo.localnet.Processes`), stopped
-through its handle, never by name.
+Every process is a child of the test, stopped through its handle, never by name.
 """
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
 from pathlib import Path
 
-from swarmgrpo.localnet import Processes
+from swarmgrpo.localnet import LocalNetwork, free_port, run_config
+from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
+from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.protocol.signing import NodeKey
 
 TOKEN = "test-token"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _toml(value) -> str:
-    """A value as TOML: JSON's form, but a dict as an inline table."""
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)
-
-
-def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Path:
-    train = {
+TEST_RUN = {
+    "run_id": "test-run",
+    "join_token": TOKEN,
+    "http_listen": "127.0.0.1:0",
+    "dht_listen": ["/ip4/127.0.0.1/tcp/0"],
+    "max_staleness": 1,
+    "heartbeat_interval_s": 1.0,
+    "prompts_per_lease": 2,
+    "train": {
         "model": "tiny",
         "max_steps": 4,
         "num_generations": 4,
@@ -39,89 +32,41 @@ def write_run_config(path: Path, state_dir: Path, port: int, **overrides) -> Pat
         "max_completion_length": 8,
         "learning_rate": 0.03,
         "seed": 0,
-    }
-    train.update(overrides.pop("train", {}))
-    top = {
-        "run_id": "test-run",
-        "join_token": TOKEN,
-        "listen": f"127.0.0.1:{port}",
-        "http_listen": "127.0.0.1:0",
-        "dht_listen": ["/ip4/127.0.0.1/tcp/0"],
-        "state_dir": str(state_dir),
-        "max_staleness": 1,
-        "heartbeat_interval_s": 1.0,
-        "prompts_per_lease": 2,
-    }
-    top.update(overrides)
-    lines = [f"{k} = {_toml(v)}" for k, v in top.items()]
-    lines.append("[train]")
-    lines += [f"{k} = {json.dumps(v)}" for k, v in train.items()]
-    lines += ["[train.task]", 'name = "uppercase"']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        "task": {"name": "uppercase"},
+    },
+}
 
 
-class Network:
-    def __init__(self, root: Path, **overrides):
-        self.root = root
-        self.port = free_port()
-        self.state_dir = root / "coordinator"
-        self.config = write_run_config(root / "run.toml", self.state_dir, self.port, **overrides)
-        self.address = f"127.0.0.1:{self.port}"
-        self.procs = Processes(root)
-        self.env = self.procs.env
-        self.coordinator: subprocess.Popen | None = None
+def open_network(root: Path, **overrides) -> LocalNetwork:
+    """The test run under `root`, with `overrides` (nested dicts for tables) on top of TEST_RUN."""
+    listen = {"listen": f"127.0.0.1:{free_port()}"}
+    return LocalNetwork(root, run_config(TEST_RUN, listen, overrides))
 
-    def start_coordinator(self, timeout: float = 60.0) -> subprocess.Popen:
-        self.http = self.procs.start_coordinator(self.config, self.state_dir, timeout).get("http")
-        self.coordinator = self.procs.procs["coordinator"]
-        return self.coordinator
 
-    def start_node(
-        self, name: str, roles: str = "auto", *extra: str, weights: str = "file", state: str = ""
-    ) -> subprocess.Popen:
-        """`swarmgrpo node` logging to root/<name>.log, its state in root/<state or name>."""
-        args = [
-            "node",
-            "--join",
-            self.address,
-            "--token",
-            TOKEN,
-            "--roles",
-            roles,
-            "--state-dir",
-            str(self.root / (state or name)),
-        ]
-        args += ["--p2p-listen", "/ip4/127.0.0.1/tcp/0"]
-        if weights == "file":
-            args += ["--weights-dir", str(self.root / "weights")]
-        args += extra
-        return self.procs.start(name, args)
-
-    def log(self, name: str) -> str:
-        return self.procs.log(name)
-
-    def kill9_coordinator(self) -> None:
-        self.coordinator.send_signal(signal.SIGKILL)
-        self.coordinator.wait(10)
-
-    def wait(self, proc: subprocess.Popen, timeout: float, name: str = "") -> int:
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{name or proc.args} still running after {timeout}s:\n{self.logs()}"
-            ) from None
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*.log"))
+def join(
+    net: LocalNetwork,
+    key: NodeKey | None = None,
+    token: str = TOKEN,
+    protocol: int = PROTOCOL_VERSION,
+    roles=(swarm_pb2.ROLE_ROLLOUT,),
+    device: str = "cpu",
+    device_name: str = "",
+    patience_s: float = 20,
+    busy_patience_s: float = 0.0,
+    **fields,
+) -> tuple[CoordinatorClient, swarm_pb2.JoinReply]:
+    """A signed client that joins `net` as a node of `roles` would; `fields`: the JoinRequest's
+    other fields (peer_id, peer_addrs, software_version)."""
+    client = CoordinatorClient(
+        net.address, key or NodeKey.generate(), patience_s, busy_patience_s=busy_patience_s
+    )
+    reply = client.join(
+        swarm_pb2.JoinRequest(
+            protocol_version=protocol,
+            join_token=token,
+            capabilities=swarm_pb2.Capabilities(device=device, cpu_cores=1, device_name=device_name),
+            roles=list(roles),
+            **fields,
         )
-
-    def db(self):
-        import sqlite3
-
-        return sqlite3.connect(self.state_dir / "run.sqlite")
-
-    def close(self) -> None:
-        self.procs.stop()
+    )
+    return client, reply

@@ -14,11 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from swarmgrpo.node.engines.base import Completion
-from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
-from swarmgrpo.protocol.client import CoordinatorClient
-from swarmgrpo.protocol.signing import NodeKey
+from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import TOKEN, Network
+from tests.integration.netfixtures import join, open_network
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +51,8 @@ def browser():
 
 @pytest.fixture
 def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {"train": {"max_steps": 3}}))
-    yield net
-    net.close()
+    with open_network(tmp_path, **getattr(request, "param", {"train": {"max_steps": 3}})) as net:
+        yield net
 
 
 @pytest.fixture
@@ -155,15 +152,7 @@ def test_what_a_hostile_node_reports_is_shown_as_text_and_cannot_break_the_page(
     """A node's activity and timings are the node's to choose: the page shows them, never runs them,
     and a rate of infinity (a generation_s of 5e-324 s) does not make /status invalid JSON."""
     network.start_coordinator()
-    client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
-    client.join(
-        swarm_pb2.JoinRequest(
-            protocol_version=PROTOCOL_VERSION,
-            join_token=TOKEN,
-            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-            roles=[swarm_pb2.ROLE_ROLLOUT],
-        )
-    )
+    client, _ = join(network)
     lease = client.lease(0, 2)
     group = [Completion([5, 6, 7], [-1.0] * 3, finished=True)] * lease.group_size
     req = submission(lease, [group] * len(lease.prompts), generation_s=5e-324)
@@ -220,17 +209,13 @@ def test_status_stays_bounded_however_many_keys_join_with_long_fields(network):
     long_text = "x" * 512
 
     def join_one(i):
-        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20, busy_patience_s=60)
-        client.join(
-            swarm_pb2.JoinRequest(
-                protocol_version=PROTOCOL_VERSION,
-                join_token=TOKEN,
-                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1, device_name=long_text),
-                roles=[swarm_pb2.ROLE_ROLLOUT],
-                peer_id=long_text,
-                peer_addrs=[f"/dns4/{host}/tcp/{i * 16 + j}/p2p/{peer}" for j in range(16)],
-                software_version=long_text,
-            )
+        client, _ = join(
+            network,
+            busy_patience_s=60,
+            device_name=long_text,
+            peer_id=long_text,
+            peer_addrs=[f"/dns4/{host}/tcp/{i * 16 + j}/p2p/{peer}" for j in range(16)],
+            software_version=long_text,
         )
         client.heartbeat(0, long_text, 1.0)
         client.close()

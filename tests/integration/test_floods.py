@@ -18,11 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
 from swarmgrpo.protocol.client import status as client_status
-from swarmgrpo.protocol.signing import NodeKey
-from tests.integration.netfixtures import TOKEN, Network
+from tests.integration.netfixtures import join, open_network
 
 pytestmark = pytest.mark.integration
 
@@ -32,22 +30,12 @@ SKEW_S = 2.0  # the run's max_clock_skew_s: nonces are kept for 2 x SKEW_S
 
 @pytest.fixture
 def network(tmp_path, request):
-    net = Network(tmp_path, max_clock_skew_s=SKEW_S, **getattr(request, "param", {}))
-    yield net
-    net.close()
+    with open_network(tmp_path, max_clock_skew_s=SKEW_S, **getattr(request, "param", {})) as net:
+        yield net
 
 
 def _honest(net) -> CoordinatorClient:
-    client = CoordinatorClient(net.address, NodeKey.generate(), patience_s=5)
-    client.join(
-        swarm_pb2.JoinRequest(
-            protocol_version=PROTOCOL_VERSION,
-            join_token=TOKEN,
-            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-            roles=[swarm_pb2.ROLE_ROLLOUT],
-        )
-    )
-    return client
+    return join(net, patience_s=5)[0]
 
 
 def _heartbeat_latencies(client: CoordinatorClient, seconds: float) -> list[float]:

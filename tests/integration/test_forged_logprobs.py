@@ -18,17 +18,9 @@ from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import Network
 from tests.integration.test_network import _await, _count, _join
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {}))
-    yield net
-    net.close()
 
 
 TEXTS = ["HELLO WORLD", "hello world", "HELLO", "Hello"]  # uppercase rewards that differ within a group

@@ -24,40 +24,11 @@ from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.models import SMOLLM2, resolve_model_path
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import TOKEN, Network
+from tests.integration.netfixtures import TOKEN
+from tests.integration.netfixtures import join as _join
 from tests.limits import file_size_limit
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    overrides = getattr(request, "param", {})
-    net = Network(tmp_path, **overrides)
-    yield net
-    net.close()
-
-
-def _join(
-    net,
-    key=None,
-    token=TOKEN,
-    protocol=PROTOCOL_VERSION,
-    roles=(swarm_pb2.ROLE_ROLLOUT,),
-    peer_id="",
-    device="cpu",
-):
-    client = CoordinatorClient(net.address, key or NodeKey.generate(), patience_s=20)
-    reply = client.join(
-        swarm_pb2.JoinRequest(
-            protocol_version=protocol,
-            join_token=token,
-            capabilities=swarm_pb2.Capabilities(device=device, cpu_cores=1),
-            roles=list(roles),
-            peer_id=peer_id,
-        )
-    )
-    return client, reply
 
 
 def _fake_groups(lease, tokens=(5, 6, 7), reported=1.0):
@@ -562,16 +533,7 @@ def test_a_join_reply_carries_only_the_train_table_and_a_bounded_peer_list(netwo
     network.start_coordinator()
     dht_addrs = json.loads((network.state_dir / "ports.json").read_text())["dht"]
     for i in range(12):
-        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
-        client.join(
-            swarm_pb2.JoinRequest(
-                protocol_version=PROTOCOL_VERSION,
-                join_token=TOKEN,
-                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-                roles=[swarm_pb2.ROLE_ROLLOUT],
-                peer_addrs=[_peer_addr(1000 + 16 * i + j) for j in range(16)],
-            )
-        )
+        _join(network, peer_addrs=[_peer_addr(1000 + 16 * i + j) for j in range(16)])
     _, reply = _join(network)
     config = tomllib.loads(reply.run_config_toml)
     assert list(config) == ["train"] and config["train"]["max_steps"] == 4
@@ -590,17 +552,8 @@ def test_a_node_advertising_an_address_that_does_not_parse_is_refused_and_later_
         "/ip4/127.0.0.1/tcp/1/p2p/notapeer",
         "/ip4/١.٢.٣.٤/tcp/1",
     ):
-        client = CoordinatorClient(network.address, NodeKey.generate(), patience_s=20)
         with pytest.raises(CoordinatorError) as refused:
-            client.join(
-                swarm_pb2.JoinRequest(
-                    protocol_version=PROTOCOL_VERSION,
-                    join_token=TOKEN,
-                    capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-                    roles=[swarm_pb2.ROLE_ROLLOUT],
-                    peer_addrs=[_peer_addr(4001), bad],
-                )
-            )
+            _join(network, peer_addrs=[_peer_addr(4001), bad])
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT, bad
         assert "peer_addrs" in str(refused.value) and "advertise the libp2p host's addresses" in str(
             refused.value

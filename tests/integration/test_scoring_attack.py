@@ -22,7 +22,7 @@ from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.trainer.models import load_tokenizer
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import Network
+from tests.integration.netfixtures import open_network
 from tests.integration.test_network import _join
 
 pytestmark = pytest.mark.integration
@@ -48,14 +48,9 @@ WORST = (
 
 @pytest.fixture
 def network(tmp_path):
-    net = Network(
-        tmp_path,
-        train={"max_completion_length": MAX_TOKENS, "generation_batch_size": 4 * 2 * ATTACKS},
-        max_staleness=0,
-    )
-    net.config.write_text(net.config.read_text().replace('name = "uppercase"', 'name = "arithmetic"'))
-    yield net
-    net.close()
+    train = {"max_completion_length": MAX_TOKENS, "generation_batch_size": 4 * 2 * ATTACKS}
+    with open_network(tmp_path, train={**train, "task": {"name": "arithmetic"}}, max_staleness=0) as net:
+        yield net
 
 
 def _worst_token_ids() -> list[list[int]]:

@@ -9,20 +9,12 @@ import pytest
 
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
-from tests.integration.netfixtures import Network
 from tests.integration.test_network import _count, _fake_groups, _join
 
 pytestmark = pytest.mark.integration
 
 TRAIN = (swarm_pb2.ROLE_TRAIN,)
 REAL, BOGUS = "ab" * 32, "ee" * 32
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {}))
-    yield net
-    net.close()
 
 
 def _fill_steps(net, steps: int = 2) -> None:

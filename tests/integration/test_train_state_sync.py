@@ -8,24 +8,17 @@ import time
 import pytest
 import torch
 
+from swarmgrpo.localnet import LocalNetwork
 from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.p2p import train_state
 from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.p2p.train_state import TrainStateServer
-from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
+from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
-from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import TOKEN, Network
+from tests.integration.netfixtures import join
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {}))
-    yield net
-    net.close()
 
 
 def _await(what: str, done, net, procs, timeout: float = 180) -> None:
@@ -72,19 +65,9 @@ class Forger:
     (exp_avg = 1, exp_avg_sq = 0) through the product's own TrainStateServer, and says it holds the
     run's version (heartbeats, as a rollout node, so it is named as a holder but trains in no team)."""
 
-    def __init__(self, net: Network):
+    def __init__(self, net: LocalNetwork):
         self.host = PeerHost()
-        self.client = CoordinatorClient(net.address, NodeKey.generate(), patience_s=20)
-        self.client.join(
-            swarm_pb2.JoinRequest(
-                protocol_version=PROTOCOL_VERSION,
-                join_token=TOKEN,
-                capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-                roles=[swarm_pb2.ROLE_ROLLOUT],
-                peer_id=self.host.peer_id,
-                peer_addrs=self.host.addrs,
-            )
-        )
+        self.client, _ = join(net, peer_id=self.host.peer_id, peer_addrs=self.host.addrs)
         self.forged: dict[int, bytes] = {}
         self.server = TrainStateServer(self.host, self.forged.get)
         self.beats = Heartbeats(self.client, 0).start()
@@ -239,16 +222,6 @@ def test_a_worker_that_falls_back_to_the_weights_starts_its_optimizer_state_afre
     assert _adam_steps(ckpts / "checkpoint-4") == {1.0}, "AdamW went on from the moments it had before"
 
 
-def _client(net: Network, role: int, weights=None) -> CoordinatorClient:
-    client = CoordinatorClient(net.address, NodeKey.generate(), patience_s=20)
-    client.join(
-        swarm_pb2.JoinRequest(
-            protocol_version=PROTOCOL_VERSION,
-            join_token=TOKEN,
-            capabilities=swarm_pb2.Capabilities(device="cpu", cpu_cores=1),
-            roles=[role],
-            peer_id=weights.peer_id if weights else "",
-            peer_addrs=weights.addrs if weights else [],
-        )
-    )
-    return client
+def _client(net: LocalNetwork, role: int, weights=None) -> CoordinatorClient:
+    peer = {"peer_id": weights.peer_id, "peer_addrs": weights.addrs} if weights else {}
+    return join(net, roles=(role,), **peer)[0]

@@ -10,7 +10,7 @@ import torch
 
 from swarmgrpo.p2p.weights import load_into
 from swarmgrpo.trainer.models import load_tokenizer, tiny_model
-from tests.integration.netfixtures import Network
+from tests.integration.netfixtures import open_network
 from tests.vllm_support import VLLM_TINY_SHAPE as SHAPE
 from tests.vllm_support import skip_module_without_vllm
 
@@ -23,7 +23,7 @@ def test_a_vllm_rollout_node_samples_from_each_published_version(tmp_path):
     folder = tmp_path / "model"
     tiny_model(tok, seed=0, shape=SHAPE).save_pretrained(folder)
     tok.save_pretrained(folder)
-    net = Network(tmp_path, max_staleness=0, train={"model": str(folder), "max_steps": 3})
+    net = open_network(tmp_path, max_staleness=0, train={"model": str(folder), "max_steps": 3})
     try:
         net.start_coordinator()
         rollout = net.start_node("rollout", "rollout", "--engine", "vllm")

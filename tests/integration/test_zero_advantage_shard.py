@@ -11,18 +11,10 @@ import pytest
 
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.trainer.rollouts import submission
-from tests.integration.netfixtures import Network
 from tests.integration.test_forged_logprobs import _forged_group
 from tests.integration.test_network import _await, _count, _join
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def network(tmp_path, request):
-    net = Network(tmp_path, **getattr(request, "param", {}))
-    yield net
-    net.close()
 
 
 def _one_flat_group(lease, tok) -> swarm_pb2.SubmitRequest:
