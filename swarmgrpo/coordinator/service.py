@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from dataclasses import asdict
 
 import grpc
 
@@ -32,6 +31,7 @@ from swarmgrpo.coordinator.store import MANIFEST, Store
 from swarmgrpo.coordinator.teams import NoTrainSlot
 from swarmgrpo.core.configtree import render_toml
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2, swarm_pb2_grpc, validate
+from swarmgrpo.trainer.rollouts import add_train_group, behavior_logprobs, completion_ids
 
 log = logging.getLogger("swarmgrpo.coordinator")
 
@@ -65,11 +65,11 @@ class Run:
         return encode_chat(self.tokenizer, example.messages, self.cfg.train.max_prompt_length)
 
     def reward(self, example: dict, token_ids: list[int]) -> float:
+        from swarmgrpo.trainer.completions import score_completion
         from swarmgrpo.trainer.tasks import Example
 
-        ex = Example(example["id"], tuple(example["messages"]), example["answer"], example.get("meta", {}))
-        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        return self.task.reward(text, ex, len(token_ids), self.cfg.train.max_completion_length)
+        ex, max_tokens = Example.from_row(example), self.cfg.train.max_completion_length
+        return score_completion(self.tokenizer, self.task, ex, token_ids, max_tokens).reward
 
 
 class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
@@ -127,7 +127,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
 
     def _new_prompt(self, index: int) -> tuple[dict, list[int]]:
         ex = self.run.example(index)
-        return asdict(ex) | {"messages": list(ex.messages)}, self.run.encode(ex)
+        return ex.as_row(), self.run.encode(ex)
 
     @property
     def version(self) -> int:
@@ -327,14 +327,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         refused = self.leases.closed(lease)
         if refused is not None:
             return self._refused_submit(refused)
-        groups = [
-            Group(
-                g.prompt_index,
-                [list(c.token_ids) for c in g.completions],
-                [list(c.logprobs) for c in g.completions],
-            )
-            for g in request.groups
-        ]
+        groups = [Group(g.prompt_index, completion_ids(g), behavior_logprobs(g)) for g in request.groups]
         try:  # off the event loop: other RPCs go on meanwhile
             rewards = await self.scorer.score(
                 [(self.store.prompt(g.prompt_index)[0], g.completions) for g in groups]
@@ -396,14 +389,7 @@ class CoordinatorService(swarm_pb2_grpc.CoordinatorServicer):
         by_id = {r.id: r for r in a.batch}
         for rid in team.shards[node_id]:
             r = by_id[rid]
-            g = reply.groups.add(
-                prompt_index=r.prompt_index,
-                prompt_token_ids=self.store.prompt(r.prompt_index)[1],
-                rewards=r.rewards,
-                policy_version=r.policy_version,
-            )
-            for ids, lps in zip(r.completions, r.logprobs, strict=True):
-                g.completions.add(token_ids=ids, logprobs=lps)
+            add_train_group(reply, r, self.store.prompt(r.prompt_index)[1])
         return reply
 
     async def ReportStep(self, request, context):

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 from swarmgrpo.coordinator import stepmetrics
 from swarmgrpo.coordinator.membership import Membership
-from swarmgrpo.coordinator.store import MANIFEST, Rollout, Store
+from swarmgrpo.coordinator.store import MANIFEST, Store
 from swarmgrpo.coordinator.teams import StepTeam, pick_members
 from swarmgrpo.protocol import swarm_pb2
+from swarmgrpo.trainer.rollouts import StoredRollout
 
 log = logging.getLogger("swarmgrpo.coordinator")
 
@@ -40,7 +41,7 @@ class Answer:
     message: str = ""
     retry_after_s: float = 0.0
     team: StepTeam | None = None
-    batch: list[Rollout] | None = None
+    batch: list[StoredRollout] | None = None
 
 
 class Steps:
@@ -157,7 +158,7 @@ class Steps:
             "step's workers share a device type; this trainer takes over when none is live"
         )
 
-    def batch(self, v: int) -> list[Rollout]:
+    def batch(self, v: int) -> list[StoredRollout]:
         """Step v's batch, assigned now if enough fresh rollouts wait; [] while they do not."""
         k = self.max_staleness
         with self.store.tx():

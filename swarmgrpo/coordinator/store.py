@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarmgrpo.trainer.rollouts import StoredRollout, completions_column
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -77,16 +79,6 @@ class Lease:
     seed: int
     deadline: float
     state: str
-
-
-@dataclass(frozen=True)
-class Rollout:
-    id: int
-    prompt_index: int
-    policy_version: int
-    completions: list[list[int]]
-    logprobs: list[list[float]]
-    rewards: list[float]
 
 
 class Store:
@@ -302,7 +294,7 @@ class Store:
                 lease_id,
                 node_id,
                 version,
-                json.dumps([completions, logprobs]),
+                completions_column(completions, logprobs),
                 json.dumps(rewards),
                 sum(len(c) for c in completions),
                 time.time(),
@@ -345,16 +337,12 @@ class Store:
             self.db.execute("SELECT 1 FROM rollouts WHERE step = ? LIMIT 1", (step,)).fetchone() is not None
         )
 
-    def batch(self, step: int) -> list[Rollout]:
+    def batch(self, step: int) -> list[StoredRollout]:
         rows = self.db.execute(
             "SELECT id, prompt_index, policy_version, completions, rewards FROM rollouts WHERE step = ? ORDER BY id",
             (step,),
         ).fetchall()
-        out = []
-        for rid, idx, version, comps, rewards in rows:
-            ids, lps = json.loads(comps)
-            out.append(Rollout(rid, idx, version, ids, lps, json.loads(rewards)))
-        return out
+        return [StoredRollout.from_columns(*row) for row in rows]
 
     def set_aside(self, step: int, prompt_indices: list[int]) -> dict[str, list[int]]:
         """Record that a trainer set aside the step's rollouts of these prompts (their loss or gradient

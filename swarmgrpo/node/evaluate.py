@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swarmgrpo.node.engines.base import Engine, SamplingParams
+from swarmgrpo.trainer.completions import score_completion
 from swarmgrpo.trainer.prompts import encode_chat
 from swarmgrpo.trainer.tasks import Task
 
@@ -27,10 +28,10 @@ def evaluate(
     outs = engine.generate(prompts, 1, SamplingParams(max_tokens=max_tokens, temperature=0.0))
     correct, reward, samples = 0, 0.0, []
     for ex, (comp,) in zip(examples, outs, strict=True):
-        text = tokenizer.decode(comp.token_ids, skip_special_tokens=True)
+        text, comp_reward = score_completion(tokenizer, task, ex, comp.token_ids, max_tokens)
         ok = task.is_correct(text, ex)
         correct += ok
-        reward += task.reward(text, ex, len(comp.token_ids), max_tokens)
+        reward += comp_reward
         if len(samples) < 5:
             samples.append((ex.answer, text, ok))
     return EvalResult(

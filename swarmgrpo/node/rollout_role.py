@@ -18,6 +18,7 @@ from swarmgrpo.node.weight_sync import WeightSync
 from swarmgrpo.p2p.weights import FP8, dequantized, views
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
+from swarmgrpo.trainer.rollouts import submission, wire_tokens
 
 log = logging.getLogger("swarmgrpo.node")
 
@@ -106,14 +107,7 @@ class RolloutRole:
         t0 = time.perf_counter()
         outs = self.engine.generate(prompts, lease.group_size, params)
         elapsed = time.perf_counter() - t0
-        req = swarm_pb2.SubmitRequest(
-            lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=elapsed
-        )
-        tokens = 0
-        for p, comps in zip(lease.prompts, outs, strict=True):
-            g = req.groups.add(prompt_index=p.prompt_index)
-            for c in comps:
-                g.completions.add(token_ids=c.token_ids, logprobs=c.logprobs)
-                tokens += len(c.token_ids)
+        req = submission(lease, outs, elapsed)
+        tokens = wire_tokens(req.groups)
         self.progress.tokens_per_s = tokens / elapsed if elapsed > 0 else 0.0
         return req

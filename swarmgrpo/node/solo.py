@@ -18,14 +18,15 @@ import torch
 from tqdm import tqdm
 
 from swarmgrpo.core.device import resolve_device
-from swarmgrpo.node.engines.base import Completion, SamplingParams
+from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.choose import build_engine
 from swarmgrpo.node.evaluate import EvalResult, evaluate
 from swarmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, save_checkpoint
+from swarmgrpo.trainer.completions import score_completion
 from swarmgrpo.trainer.config import TrainConfig
 from swarmgrpo.trainer.models import load_model
 from swarmgrpo.trainer.prompts import encode_chat
-from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.rollouts import RolloutGroup, group_from_completions
 from swarmgrpo.trainer.step import GRPOStep
 from swarmgrpo.trainer.tasks import Example, Task, make_task
 
@@ -94,21 +95,18 @@ def rollout(
     outs = engine.generate(prompts, cfg.num_generations, params)
     gen_s = time.perf_counter() - t0
     groups = [
-        RolloutGroup(
-            prompt_ids=p,
-            completion_ids=[c.token_ids for c in comps],
-            behavior_logprobs=[c.logprobs for c in comps],
-            rewards=[score(tokenizer, task, ex, c, cfg.max_completion_length) for c in comps],
-            policy_version=version,
+        group_from_completions(
+            p,
+            comps,
+            [
+                score_completion(tokenizer, task, ex, c.token_ids, cfg.max_completion_length).reward
+                for c in comps
+            ],
+            version,
         )
         for p, ex, comps in zip(prompts, examples, outs, strict=True)
     ]
     return groups, gen_s, sum(len(c.token_ids) for comps in outs for c in comps)
-
-
-def score(tokenizer, task: Task, example: Example, completion: Completion, max_tokens: int) -> float:
-    text = tokenizer.decode(completion.token_ids, skip_special_tokens=True)
-    return task.reward(text, example, len(completion.token_ids), max_tokens)
 
 
 def _eval(engine, tokenizer, task, cfg: TrainConfig, log, when: str) -> dict:

@@ -29,7 +29,7 @@ from swarmgrpo.trainer.checkpoint import (
     save_checkpoint,
 )
 from swarmgrpo.trainer.models import model_device
-from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.rollouts import group_from_wire
 from swarmgrpo.trainer.step import GRPOStep
 
 log = logging.getLogger("swarmgrpo.node")
@@ -130,16 +130,7 @@ class TrainRole:
         self.progress.activity = "training"
         t0 = time.perf_counter()
         self.attempt = reply.attempt
-        groups = [
-            RolloutGroup(
-                prompt_ids=list(g.prompt_token_ids),
-                completion_ids=[list(c.token_ids) for c in g.completions],
-                behavior_logprobs=[list(c.logprobs) for c in g.completions],
-                rewards=list(g.rewards),
-                policy_version=g.policy_version,
-            )
-            for g in reply.groups
-        ]
+        groups = [group_from_wire(g) for g in reply.groups]
         metrics = step.compute_gradients(groups)
         set_aside = self._set_aside(step, reply)
         metrics["shard_weight"] = step.shard_weight(groups)  # how the coordinator combines the shards' loss

@@ -41,7 +41,7 @@ from swarmgrpo.trainer.grpo import LossNorm, compute_advantages, group_stats, gr
 from swarmgrpo.trainer.headgrad import aliased_leaves, head_logprobs, lookup, supports_fused_head
 from swarmgrpo.trainer.heap import release_large_frees
 from swarmgrpo.trainer.models import model_device
-from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, collate
+from swarmgrpo.trainer.rollouts import MicroBatch, RolloutGroup, micro_batch
 
 Reducer = Callable[[torch.nn.Module], None]
 R = TypeVar("R")
@@ -158,7 +158,9 @@ class GRPOStep:
             for chunk in self._micro_batches(live):
                 ids = {id(g) for g, _, _ in chunk}
                 self._pending = True
-                out, bad = self._micro_step(self._collate(chunk), norm, [g for g, _, _ in chunk])
+                out, bad = self._micro_step(
+                    micro_batch(chunk, self.pad_id).to(self.device), norm, [g for g, _, _ in chunk]
+                )
                 set_aside |= bad
                 if careful and not self._grads_finite():
                     set_aside |= ids
@@ -205,18 +207,6 @@ class GRPOStep:
             size += len(piece[2])
         if chunk:
             yield chunk
-
-    def _collate(self, chunk: list[tuple[RolloutGroup, list[float], list[int]]]) -> MicroBatch:
-        index, comps, behavior, advs, versions = [], [], [], [], []
-        for k, (g, adv_G, rows) in enumerate(chunk):
-            for i in rows:
-                index.append(k)
-                comps.append(g.completion_ids[i])
-                behavior.append(g.behavior_logprobs[i])
-                advs.append(adv_G[i])
-                versions.append(g.policy_version)
-        prompts = [g.prompt_ids for g, _, _ in chunk]
-        return collate(prompts, index, comps, behavior, advs, versions, self.pad_id).to(self.device)
 
     def _micro_step(
         self, mb: MicroBatch, norm: LossNorm, chunk_groups: list[RolloutGroup]

@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import swarm_pb2
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.netfixtures import join, open_network
 
 pytestmark = pytest.mark.integration
@@ -152,11 +154,8 @@ def test_what_a_hostile_node_reports_is_shown_as_text_and_cannot_break_the_page(
     network.start_coordinator()
     client, _ = join(network)
     lease = client.lease(0, 2)
-    req = swarm_pb2.SubmitRequest(lease_id=lease.lease_id, policy_version=0, generation_s=5e-324)
-    for p in lease.prompts:
-        g = req.groups.add(prompt_index=p.prompt_index)
-        for _ in range(lease.group_size):
-            g.completions.add(token_ids=[5, 6, 7], logprobs=[-1.0] * 3)
+    group = [Completion([5, 6, 7], [-1.0] * 3, finished=True)] * lease.group_size
+    req = submission(lease, [group] * len(lease.prompts), generation_s=5e-324)
     assert client.submit(req).status == swarm_pb2.SUBMIT_ACCEPTED
     assert _status(network)["nodes"][0]["tokens_per_s"] == 0.0  # no rate, rather than infinity
     hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'

@@ -14,8 +14,10 @@ import grpc
 import pytest
 
 from swarmgrpo.coordinator.runlog import read_table
+from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorError
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.test_network import _await, _counts, _join
 
 pytestmark = pytest.mark.integration
@@ -24,15 +26,13 @@ pytestmark = pytest.mark.integration
 TEXTS = ["HELLO WORLD", "hello world", "HELLO", "Hello"]  # uppercase rewards that differ within a group
 
 
+def _forged_group(completions: list[list[int]], logprob: float) -> list[Completion]:
+    return [Completion(ids, [logprob] * len(ids), finished=True) for ids in completions]
+
+
 def _forged(lease, completions: list[list[int]], logprob: float) -> swarm_pb2.SubmitRequest:
-    req = swarm_pb2.SubmitRequest(
-        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=0.1
-    )
-    for p in lease.prompts:
-        g = req.groups.add(prompt_index=p.prompt_index)
-        for ids in completions[: lease.group_size]:
-            g.completions.add(token_ids=ids, logprobs=[logprob] * len(ids))
-    return req
+    group = _forged_group(completions[: lease.group_size], logprob)
+    return submission(lease, [group] * len(lease.prompts), generation_s=0.1)
 
 
 def _feed(attacker, completions, version: int) -> bool:

@@ -19,10 +19,12 @@ import pytest
 import torch
 
 from swarmgrpo.coordinator.runlog import read_status, read_table
+from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import PROTOCOL_VERSION, swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient, CoordinatorError
 from swarmgrpo.protocol.signing import NodeKey
 from swarmgrpo.trainer.models import SMOLLM2, resolve_model_path
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.netfixtures import TOKEN
 from tests.integration.netfixtures import join as _join
 from tests.limits import file_size_limit
@@ -31,13 +33,11 @@ pytestmark = pytest.mark.integration
 
 
 def _fake_groups(lease, tokens=(5, 6, 7), reported=1.0):
-    req = swarm_pb2.SubmitRequest(
-        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=0.1
-    )
-    for p in lease.prompts:
-        g = req.groups.add(prompt_index=p.prompt_index)
-        for _ in range(lease.group_size):
-            g.completions.add(token_ids=list(tokens), logprobs=[-1.0] * len(tokens), reported_reward=reported)
+    group = [Completion(list(tokens), [-1.0] * len(tokens), finished=True)] * lease.group_size
+    req = submission(lease, [group] * len(lease.prompts), generation_s=0.1)
+    for g in req.groups:
+        for c in g.completions:
+            c.reported_reward = reported  # the node's claim, which the coordinator does not read
     return req
 
 

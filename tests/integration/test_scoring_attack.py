@@ -9,6 +9,7 @@ submission (from /proc: the coordinator's scoring worker, or the coordinator whe
 and the honest node's Heartbeat latency during the attack and in quiet windows between.
 """
 
+import itertools
 import os
 import statistics
 import threading
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.trainer.models import load_tokenizer
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.netfixtures import open_network
 from tests.integration.test_network import _join
 
@@ -64,17 +67,9 @@ def _worst_token_ids() -> list[list[int]]:
 
 
 def _worst_submission(lease, completions: list[list[int]]) -> swarm_pb2.SubmitRequest:
-    req = swarm_pb2.SubmitRequest(
-        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=1.0
-    )
-    k = 0
-    for p in lease.prompts:
-        g = req.groups.add(prompt_index=p.prompt_index)
-        for _ in range(lease.group_size):
-            ids = completions[k % len(completions)]
-            g.completions.add(token_ids=ids, logprobs=[-1.0] * len(ids))
-            k += 1
-    return req
+    worst = itertools.cycle(Completion(ids, [-1.0] * len(ids), finished=True) for ids in completions)
+    groups = [[next(worst) for _ in range(lease.group_size)] for _ in lease.prompts]
+    return submission(lease, groups, generation_s=1.0)
 
 
 def _cpu_s(pid: int) -> float:

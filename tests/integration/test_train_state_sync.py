@@ -10,11 +10,13 @@ import torch
 
 from swarmgrpo.coordinator.runlog import read_status, read_table
 from swarmgrpo.localnet import LocalNetwork
+from swarmgrpo.node.engines.base import Completion
 from swarmgrpo.p2p import train_state
 from swarmgrpo.p2p.host import PeerHost
 from swarmgrpo.p2p.train_state import TrainStateServer
 from swarmgrpo.protocol import swarm_pb2
 from swarmgrpo.protocol.client import CoordinatorClient
+from swarmgrpo.trainer.rollouts import submission
 from tests.integration.netfixtures import join
 
 pytestmark = pytest.mark.integration
@@ -149,15 +151,9 @@ def test_a_late_worker_refuses_true_weights_with_forged_moments_and_takes_the_ag
 def _varied_groups(lease, tokenizer) -> swarm_pb2.SubmitRequest:
     """Completions whose uppercase shares differ, so every group has advantages and AdamW steps."""
     texts = ["HELLO THERE", "hello there", "HeLLo THERE", "hi"]
-    req = swarm_pb2.SubmitRequest(
-        lease_id=lease.lease_id, policy_version=lease.policy_version, generation_s=0.1
-    )
-    for p in lease.prompts:
-        g = req.groups.add(prompt_index=p.prompt_index)
-        for text in texts[: lease.group_size]:
-            ids = tokenizer.encode(text, add_special_tokens=False)
-            g.completions.add(token_ids=ids, logprobs=[-1.0] * len(ids))
-    return req
+    ids = [tokenizer.encode(text, add_special_tokens=False) for text in texts[: lease.group_size]]
+    group = [Completion(c, [-1.0] * len(c), finished=True) for c in ids]
+    return submission(lease, [group] * len(lease.prompts), generation_s=0.1)
 
 
 def _adam_steps(checkpoint) -> set[float]:

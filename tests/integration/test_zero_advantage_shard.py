@@ -10,7 +10,8 @@ import pytest
 
 from swarmgrpo.coordinator.runlog import read_table
 from swarmgrpo.protocol import swarm_pb2
-from tests.integration.test_forged_logprobs import _forged
+from swarmgrpo.trainer.rollouts import submission
+from tests.integration.test_forged_logprobs import _forged_group
 from tests.integration.test_network import _await, _join, _nodes
 
 pytestmark = pytest.mark.integration
@@ -22,11 +23,8 @@ def _one_flat_group(lease, tok) -> swarm_pb2.SubmitRequest:
     mixed = [
         tok.encode(t, add_special_tokens=False) for t in ("HELLO WORLD", "hello world", "HELLO", "Hello")
     ]
-    req = _forged(lease, mixed, -2.0)
-    del req.groups[0].completions[:]
-    for ids in same:
-        req.groups[0].completions.add(token_ids=ids, logprobs=[-2.0] * len(ids))
-    return req
+    groups = [_forged_group(same, -2.0), _forged_group(mixed, -2.0)]
+    return submission(lease, groups[: len(lease.prompts)], generation_s=0.1)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from swarmgrpo.core.configtree import load_config
 from swarmgrpo.node.engines.base import SamplingParams
 from swarmgrpo.node.engines.transformers_engine import TransformersEngine
 from swarmgrpo.trainer.config import TrainConfig
-from swarmgrpo.trainer.rollouts import RolloutGroup
+from swarmgrpo.trainer.rollouts import RolloutGroup, micro_batch
 from swarmgrpo.trainer.step import GRPOStep
 
 PROMPTS = [[1, 500, 42, 7], [9, 9, 13], [300, 301, 302, 303, 304, 305]]
@@ -41,7 +41,8 @@ def _reference_logprobs(model, prompt, completion):
 
 def _step_logprobs(step, groups):
     """The step's own logp_BT for all groups in one micro-batch (shared prompt forwards, padding)."""
-    mb = step._collate([(g, [0.0] * g.group_size, list(range(g.group_size))) for g in groups])
+    pieces = [(g, [0.0] * g.group_size, list(range(g.group_size))) for g in groups]
+    mb = micro_batch(pieces, step.pad_id).to(step.device)
     with torch.no_grad():
         return mb, step._logprobs(step.model, mb)
 

@@ -29,6 +29,14 @@ class Example:
     meta: dict = field(default_factory=dict, hash=False, compare=False)
     """Task-specific data (countdown numbers and target) passed to user reward functions."""
 
+    def as_row(self) -> dict:
+        """The example as JSON data (the coordinator stores each leased prompt's example so)."""
+        return {"id": self.id, "messages": list(self.messages), "answer": self.answer, "meta": self.meta}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Example":
+        return cls(row["id"], tuple(row["messages"]), row["answer"], row.get("meta", {}))
+
 
 class Task(ABC):
     """A source of verifiable problems and the reward for a completion of one."""
