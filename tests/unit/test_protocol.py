@@ -348,29 +348,6 @@ def test_generated_stubs_are_current(fresh_stubs, name):
     assert (fresh_stubs / name).read_bytes() == committed, f"{name} is stale: run `make proto`"
 
 
-def test_a_database_from_before_the_fp8_hash_gains_the_column_and_keeps_its_versions(tmp_path):
-    """A coordinator upgraded mid-run opens its old database: versions stay, new ones record both hashes."""
-    import sqlite3
-
-    from swarmgrpo.coordinator.store import Store
-
-    path = tmp_path / "run.sqlite"
-    with sqlite3.connect(path) as db:  # the versions table as it was before weight_hash_fp8
-        db.execute(
-            "CREATE TABLE versions (version INTEGER PRIMARY KEY, weight_hash TEXT NOT NULL, "
-            "node_id TEXT NOT NULL, published_at REAL NOT NULL, metrics TEXT NOT NULL)"
-        )
-        db.execute("INSERT INTO versions VALUES (1, ?, 'n', 0.0, '{}')", (GOOD_HASH,))
-    store = Store(path)
-    try:
-        assert store.version_hashes(1) == (GOOD_HASH, "")
-        store.add_version(2, GOOD_HASH, "n", {}, weight_hash_fp8=GOOD_HASH[::-1])
-        assert store.version_hashes(2) == (GOOD_HASH, GOOD_HASH[::-1])
-        assert store.version_hashes(3) == ("", "")
-    finally:
-        store.close()
-
-
 @pytest.mark.parametrize(
     ("fields", "field"),
     [

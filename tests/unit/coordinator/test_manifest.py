@@ -1,5 +1,6 @@
 """A version's manifest (what its workers agree on besides the weight hash): checked on the wire,
-stored with the version, and kept by a database from before it."""
+stored with the version, and kept by a database from before it (a coordinator upgraded mid-run opens
+its old database: its versions stay, new ones record every field)."""
 
 import hashlib
 import sqlite3
@@ -25,15 +26,32 @@ def test_a_state_hash_that_is_not_a_sha256_is_refused_by_name():
     assert e.value.field == "state_hash"
 
 
-def test_the_manifest_is_stored_with_the_version_and_an_old_database_gains_its_columns(tmp_path):
+def _database_from_before_the_manifest(tmp_path):
+    """A run database whose versions table is as it was before weight_hash_fp8 and the manifest
+    fields, holding version 1 (hash SHA)."""
     path = tmp_path / "run.sqlite"
-    with sqlite3.connect(path) as db:  # the versions table as it was before any manifest field
+    with sqlite3.connect(path) as db:
         db.execute(
             "CREATE TABLE versions (version INTEGER PRIMARY KEY, weight_hash TEXT NOT NULL, "
             "node_id TEXT NOT NULL, published_at REAL NOT NULL, metrics TEXT NOT NULL)"
         )
         db.execute("INSERT INTO versions VALUES (1, ?, 'n', 0.0, '{}')", (SHA,))
-    store = Store(path)
+    return path
+
+
+def test_an_old_database_gains_the_fp8_hash_and_keeps_its_versions(tmp_path):
+    store = Store(_database_from_before_the_manifest(tmp_path))
+    try:
+        assert store.version_hashes(1) == (SHA, "")
+        store.add_version(2, SHA, "n", {}, weight_hash_fp8=SHA[::-1])
+        assert store.version_hashes(2) == (SHA, SHA[::-1])
+        assert store.version_hashes(3) == ("", "")
+    finally:
+        store.close()
+
+
+def test_the_manifest_is_stored_with_the_version_and_an_old_database_gains_its_columns(tmp_path):
+    store = Store(_database_from_before_the_manifest(tmp_path))
     try:
         assert store.version_manifest(1) == {
             "weight_hash": SHA,
