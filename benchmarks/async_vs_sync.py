@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--engine",
         choices=("transformers", "vllm"),
         default="transformers",
-        help="the rollout node's engine (transformers: the figures of every session so far; with vLLM "
+        help="the rollout node's engine (transformers: the recorded figures in results/async_vs_sync.md; with vLLM "
         "generation is shorter than training, so k >= 1 has less to hide)",
     )
     p.add_argument(

@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--no-error-feedback",
         action="store_true",
-        help="fp16/int8/fp8/uint8 without error feedback (as before session 6)",
+        help="fp16/int8/fp8/uint8 without error feedback (the codecs as they were before error feedback)",
     )
     p.add_argument(
         "--window", type=int, default=0, help="final reward: mean of the last N steps (default: a quarter)"
